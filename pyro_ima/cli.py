@@ -1,0 +1,131 @@
+"""The ``pyro-ima`` command line: ``train`` one run, ``demo`` the main job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import mixings, models, priors
+
+__all__ = ["main", "build_parser"]
+
+
+class _OneLineError(Exception):
+    """A usage error reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message; we want one line
+        raise _OneLineError(message)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    from .runs import RunConfig
+    d = RunConfig()
+    p.add_argument("--mixing", choices=sorted(mixings.MIXINGS), default=d.mixing,
+                   help="ground-truth mixing (default %(default)s)")
+    p.add_argument("--prior", choices=sorted(priors.PRIORS), default=d.prior,
+                   help="latent prior, also the data's latent distribution (default %(default)s)")
+    p.add_argument("--dim", type=_int_at_least(1), default=d.dim, help="latent and data dimension")
+    p.add_argument("--guide", choices=sorted(models.GUIDES), default=d.guide,
+                   help="guide family (default %(default)s)")
+    p.add_argument("--gamma2", type=_positive_float, default=d.gamma2,
+                   help="decoder precision gamma^2 (default %(default)g)")
+    p.add_argument("--beta", type=_positive_float, default=d.beta, help="beta-VAE weight")
+    p.add_argument("--learn-noise", action="store_true",
+                   help="learn per-dimension observation scales (unit geometric mean)")
+    p.add_argument("--fixed-decoder", action="store_true",
+                   help="fix the decoder to the true mixing and train the encoder alone")
+    p.add_argument("--hidden", type=_int_at_least(1), default=d.hidden, help="MLP hidden width")
+    p.add_argument("--n", type=_int_at_least(10), default=d.n,
+                   help="data points in total (split 0.7/0.2/0.1)")
+    p.add_argument("--epochs", type=_int_at_least(1), default=d.epochs, help="maximum epochs")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=d.batch_size)
+    p.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam learning rate")
+    p.add_argument("--patience", type=_int_at_least(1), default=d.patience,
+                   help="early-stopping patience in epochs")
+    p.add_argument("--init-scale", type=_positive_float, default=None,
+                   help="initial guide standard deviation (default: softplus(0))")
+    p.add_argument("--seed", type=_int_at_least(0), default=d.seed)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pyro-ima", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("train", help="train one VAE and write results.json + state.pt",
+                       description="Train one VAE on a synthetic dataset; write OUT/results.json "
+                                   "(config, versions, train/val/test ELBO, history) and "
+                                   "OUT/state.pt (model and guide state).")
+    _add_run_args(p)
+    p.add_argument("--out", required=True, help="output directory (created if missing)")
+    p = sub.add_parser("demo", help="the main job: closed-form gap check + a Moebius VAE, "
+                                    "printed and drawn")
+    p.add_argument("--out", default="runs/demo", help="output directory (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _cmd_train(args) -> int:
+    from .runs import RunConfig, train_run
+    cfg = RunConfig(mixing=args.mixing, prior=args.prior, dim=args.dim, guide=args.guide,
+                    gamma2=args.gamma2, beta=args.beta, learn_noise=args.learn_noise,
+                    fixed_decoder=args.fixed_decoder, hidden=args.hidden, n=args.n,
+                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    patience=args.patience, init_scale=args.init_scale, seed=args.seed)
+    results, _ = train_run(cfg, args.out, progress=not args.quiet)
+    e = results["elbo"]
+    print(f"trained {cfg.guide} guide, {results['epochs_run']} epochs in "
+          f"{results['seconds']:.1f}s: ELBO train {e['train']:.3f} val {e['val']:.3f} "
+          f"test {e['test']:.3f} -> {args.out}/results.json")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(args.out, progress=not args.quiet)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for bad input, one line on stderr)."""
+    try:
+        args = build_parser().parse_args(argv)
+        from .runs import check_out_dir
+        check_out_dir(args.out)
+        return {"train": _cmd_train, "demo": _cmd_demo}[args.command](args)
+    except (_OneLineError, ValueError) as e:
+        print(f"pyro-ima: error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"pyro-ima: numerical failure: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pyro-ima: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""Datasets: latents from a prior, mixed into observations, split with a seed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ._utils import check_int, derive_seed
+
+__all__ = ["Split", "Dataset", "make_dataset"]
+
+_LATENT_STREAM, _NOISE_STREAM, _SPLIT_STREAM = 11, 12, 13
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: observations ``x`` ``(N, D)`` and their true latents ``z`` ``(N, d)``."""
+
+    x: torch.Tensor
+    z: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train/validation/test splits with the generating mixing and prior kept alongside."""
+
+    train: Split
+    val: Split
+    test: Split
+    mixing: Callable[[torch.Tensor], torch.Tensor] | None = None
+    prior: torch.distributions.Distribution | None = None
+    config: dict = field(default_factory=dict)
+
+
+def make_dataset(mixing: Callable[[torch.Tensor], torch.Tensor],
+                 prior: torch.distributions.Distribution, n: int = 60_000, *,
+                 split: tuple[float, float, float] = (0.7, 0.2, 0.1), noise_std: float = 0.0,
+                 seed: int = 0) -> Dataset:
+    """Samples ``z ~ prior``, ``x = mixing(z) + noise_std * eps`` and splits them.
+
+    Arguments:
+        mixing: the ground-truth map on ``(N, d)``.
+        prior: a distribution with event shape ``(d,)``.
+        n: total number of points.
+        split: fractions for train, validation and test (sum to 1).
+        noise_std: std of additive Gaussian observation noise (0: noiseless).
+        seed: seeds latents, noise and the split, each from its own stream.
+    """
+    check_int("n", n, minimum=3)
+    if len(split) != 3 or any(s <= 0 for s in split) or abs(sum(split) - 1) > 1e-6:
+        raise ValueError(f"split: expected three positive fractions summing to 1, got {split}")
+    if noise_std < 0:
+        raise ValueError(f"noise_std: expected >= 0, got {noise_std}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, _LATENT_STREAM))
+        z = prior.sample((n,))
+    with torch.no_grad():
+        x = mixing(z)
+    if noise_std > 0:
+        g = torch.Generator().manual_seed(derive_seed(seed, _NOISE_STREAM))
+        x = x + noise_std * torch.randn(x.shape, generator=g)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(
+        derive_seed(seed, _SPLIT_STREAM)))
+    n_train, n_val = int(round(split[0] * n)), int(round(split[1] * n))
+    parts = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
+    if any(len(p) == 0 for p in parts):
+        raise ValueError(f"n: {n} points leave an empty split with fractions {split}")
+    train, val, test = (Split(x[p].contiguous(), z[p].contiguous()) for p in parts)
+    config = {"n": n, "split": list(split), "noise_std": noise_std, "seed": seed,
+              "mixing": repr(mixing)}
+    return Dataset(train, val, test, mixing, prior, config)

@@ -1,0 +1,16 @@
+"""The Pyro side: generative models, guides and the networks they use."""
+
+from .guides import (
+                     GUIDES,
+                     AmortizedGaussianGuide,
+                     DiagonalGuide,
+                     FullCovGuide,
+                     IsotropicGuide,
+                     support_bijection,
+)
+from .networks import MLP, BatchedLinear, SmoothLeakyReLU, smooth_leaky_relu
+from .vae import GaussianVAE, data_plates
+
+__all__ = ["GaussianVAE", "data_plates", "AmortizedGaussianGuide", "DiagonalGuide",
+           "IsotropicGuide", "FullCovGuide", "GUIDES", "support_bijection", "MLP",
+           "BatchedLinear", "SmoothLeakyReLU", "smooth_leaky_relu"]

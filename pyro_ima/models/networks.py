@@ -1,0 +1,118 @@
+"""Replica-batchable networks: linear layers and MLPs with an optional leading replica dim."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._utils import check_int, derive_seed, replica_seeds
+
+__all__ = ["SmoothLeakyReLU", "BatchedLinear", "MLP", "smooth_leaky_relu"]
+
+# Stream key for network initialization (see _utils.derive_seed).
+_INIT_STREAM = 1
+
+
+def smooth_leaky_relu(x: torch.Tensor, slope: float = 0.2) -> torch.Tensor:
+    """Computes ``a x + (1 - a) log(1 + e^x)``, a smooth, strictly increasing leaky ReLU."""
+    return slope * x + (1.0 - slope) * F.softplus(x)
+
+
+class SmoothLeakyReLU(nn.Module):
+    """Creates the activation ``a x + (1 - a) log(1 + e^x)`` (default ``a = 0.2``)."""
+
+    def __init__(self, slope: float = 0.2):
+        super().__init__()
+        self.slope = slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return smooth_leaky_relu(x, self.slope)
+
+    def extra_repr(self) -> str:
+        return f"slope={self.slope}"
+
+
+class BatchedLinear(nn.Module):
+    """Creates the affine map ``y = x W + b``, optionally one per replica.
+
+    Without replicas ``W`` is ``(in, out)`` and ``x`` is ``(*, in)``. With ``replicas=R`` the
+    weights are ``(R, in, out)`` and ``x`` is ``(*, R, B, in)``: replica ``r`` of every leading
+    batch uses ``W[r]``. Initialization follows :class:`torch.nn.Linear` (uniform in
+    ``+-1/sqrt(in)``), drawn for each replica from its own generator so that replica ``r`` equals
+    the unbatched layer built with that replica's generator.
+
+    Arguments:
+        in_features: input size.
+        out_features: output size.
+        generators: one ``torch.Generator`` per replica (one for an unbatched layer).
+        replicas: number of replicas or ``None``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, generators: Sequence[torch.Generator],
+                 replicas: int | None = None):
+        super().__init__()
+        self.in_features, self.out_features, self.replicas = in_features, out_features, replicas
+        bound = 1.0 / math.sqrt(in_features)
+        ws, bs = [], []
+        for g in generators:
+            ws.append((torch.rand(in_features, out_features, generator=g) * 2 - 1) * bound)
+            bs.append((torch.rand(out_features, generator=g) * 2 - 1) * bound)
+        if replicas is None:
+            self.weight = nn.Parameter(ws[0])
+            self.bias = nn.Parameter(bs[0])
+        else:
+            self.weight = nn.Parameter(torch.stack(ws))  # (R, in, out)
+            self.bias = nn.Parameter(torch.stack(bs).unsqueeze(-2))  # (R, 1, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (*, R, B, in) @ (R, in, out) broadcasts over the leading dims.
+        return torch.matmul(x, self.weight) + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, replicas={self.replicas}"
+
+
+class MLP(nn.Module):
+    """Creates a multilayer perceptron ``x -> L_n(a(... a(L_1(x))))``, optionally per replica.
+
+    Arguments:
+        in_features: input size.
+        out_features: output size.
+        hidden: hidden layer sizes (default two layers of 50: a "3-layer MLP").
+        activation: a module or callable applied between layers (default smooth leaky ReLU).
+        replicas: ``None`` for one network on ``(*, in)`` inputs, or ``R`` for ``R`` independent
+            networks on ``(*, R, B, in)`` inputs.
+        seed: an int (replica ``r`` uses ``seed + r``) or one seed per replica.
+
+    Example:
+        >>> net = MLP(3, 2, hidden=(8,), seed=0)
+        >>> net(torch.zeros(5, 3)).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (50, 50),
+                 activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 replicas: int | None = None, seed: int | Sequence[int] = 0):
+        super().__init__()
+        check_int("in_features", in_features)
+        check_int("out_features", out_features)
+        if replicas is not None:
+            check_int("replicas", replicas)
+        for h in hidden:
+            check_int("hidden", h)
+        self.in_features, self.out_features, self.replicas = in_features, out_features, replicas
+        self.seeds = replica_seeds(seed, replicas)
+        gens = [torch.Generator().manual_seed(derive_seed(s, _INIT_STREAM)) for s in self.seeds]
+        sizes = [in_features, *hidden, out_features]
+        self.layers = nn.ModuleList(
+            BatchedLinear(a, b, gens, replicas) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        self.activation = activation if activation is not None else SmoothLeakyReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = self.activation(layer(x))
+        return self.layers[-1](x)

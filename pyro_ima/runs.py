@@ -1,0 +1,145 @@
+"""One training run from a plain config: build, train, evaluate, save. Shared by CLI and demo."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__, data, inference, mixings, models, priors
+from ._utils import atomic_torch_save, atomic_write_json, check_int, check_positive
+
+__all__ = ["RunConfig", "build", "train_run", "package_versions", "check_out_dir"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one run; the CLI's flags map onto these fields."""
+
+    mixing: str = "moebius"
+    prior: str = "uniform"
+    dim: int = 3
+    guide: str = "diagonal"
+    gamma2: float = 1e4
+    beta: float = 1.0
+    learn_noise: bool = False
+    fixed_decoder: bool = False
+    hidden: int = 50
+    n: int = 6000
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-3
+    patience: int | None = 10
+    init_scale: float | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        if self.mixing not in mixings.MIXINGS:
+            raise ValueError(f"mixing: expected one of {sorted(mixings.MIXINGS)}, "
+                             f"got {self.mixing!r}")
+        if self.prior not in priors.PRIORS:
+            raise ValueError(f"prior: expected one of {sorted(priors.PRIORS)}, got {self.prior!r}")
+        if self.guide not in models.GUIDES:
+            raise ValueError(f"guide: expected one of {sorted(models.GUIDES)}, got {self.guide!r}")
+        check_int("dim", self.dim)
+        check_int("hidden", self.hidden)
+        check_int("n", self.n, minimum=10)
+        check_int("epochs", self.epochs)
+        check_int("batch_size", self.batch_size)
+        check_int("seed", self.seed, minimum=0)
+        if self.patience is not None:
+            check_int("patience", self.patience)
+        for name in ("gamma2", "beta", "lr"):
+            check_positive(name, getattr(self, name))
+        if self.init_scale is not None:
+            check_positive("init_scale", self.init_scale)
+        n_train = int(round(0.7 * self.n))
+        if self.batch_size > n_train:
+            raise ValueError(f"batch_size: expected at most the {n_train} training points "
+                             f"(70% of n={self.n}), got {self.batch_size}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def package_versions() -> dict:
+    """Versions of the packages a result depends on."""
+    import arviz
+    import numpy
+    import pyro
+    import scipy
+    return {"pyro_ima": __version__, "torch": torch.__version__, "pyro": pyro.__version__,
+            "numpy": numpy.__version__, "scipy": scipy.__version__, "arviz": arviz.__version__,
+            "python": platform.python_version()}
+
+
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """Create ``out`` if needed and make sure it is a writable directory."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"out: cannot create directory {str(out)!r} ({e.strerror})") from None
+    if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"out: expected a writable directory, got {str(out)!r}")
+    return out
+
+
+def build(cfg: RunConfig):
+    """Dataset, model and guide for ``cfg`` (seeded)."""
+    cfg.validate()
+    p0 = priors.PRIORS[cfg.prior](cfg.dim)
+    mix = mixings.MIXINGS[cfg.mixing](cfg.dim, seed=cfg.seed)
+    ds = data.make_dataset(mix, p0, n=cfg.n, seed=cfg.seed)
+    hidden = (cfg.hidden, cfg.hidden)
+    decoder = mix if cfg.fixed_decoder else models.MLP(cfg.dim, cfg.dim, hidden, seed=cfg.seed)
+    vae = models.GaussianVAE(decoder, p0, cfg.gamma2, beta=cfg.beta, learn_noise=cfg.learn_noise,
+                             data_dim=cfg.dim)
+    family = models.GUIDES[cfg.guide]
+    encoder = models.MLP(cfg.dim, family.num_outputs(cfg.dim), hidden, seed=cfg.seed + 10_000)
+    guide = family(vae, encoder, init_scale=cfg.init_scale)
+    return ds, vae, guide
+
+
+def train_run(cfg: RunConfig, out: str | os.PathLike | None = None, *, progress: bool = False):
+    """Build, train and evaluate one run; write ``results.json`` and ``state.pt`` to ``out``."""
+    cfg.validate()
+    out_dir = None if out is None else check_out_dir(out)
+    ds, vae, guide = build(cfg)
+    fit = inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.epochs,
+                        batch_size=cfg.batch_size, lr=cfg.lr, patience=cfg.patience,
+                        seed=cfg.seed, progress=progress)
+    elbos = {}
+    for name in ("train", "val", "test"):
+        split = getattr(ds, name)
+        e = inference.elbo_per_point(vae, guide, split.x, num_particles=10, seed=cfg.seed)
+        if not bool(torch.isfinite(e).all()):
+            raise FloatingPointError(f"the {name} ELBO is not finite: training diverged")
+        elbos[name] = float(e.mean())
+    results = {"kind": "pyro_ima.train", "config": cfg.to_dict(), "versions": package_versions(),
+               "elbo": elbos, "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
+               "seconds": fit.seconds, "history": fit.history}
+    if out_dir is not None:
+        atomic_torch_save(out_dir / "state.pt", {"config": cfg.to_dict(),
+                                                 "model": vae.state_dict(),
+                                                 "guide": guide.state_dict()})
+        atomic_write_json(out_dir / "results.json", results)
+    return results, (ds, vae, guide, fit)
+
+
+def load_results(path: str | os.PathLike) -> dict:
+    """Read a ``results.json`` written by :func:`train_run`, checking that it is one."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"results: cannot read {str(path)!r} as JSON ({e})") from None
+    if not isinstance(obj, dict) or obj.get("kind") != "pyro_ima.train":
+        raise ValueError(f"results: {str(path)!r} is not a pyro-ima results file")
+    return obj

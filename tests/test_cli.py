@@ -1,0 +1,78 @@
+"""The command line: help, a tiny train run, one-line errors with exit status 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pyro_ima.cli import main
+
+TINY = ["--n", "200", "--epochs", "2", "--batch-size", "32", "--hidden", "8", "--quiet"]
+
+
+def test_help_documents_the_flags(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--mixing", "--prior", "--guide", "--gamma2", "--epochs", "--seed", "--out"):
+        assert flag in out
+
+
+def test_tiny_train_writes_valid_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--guide", "full", "--gamma2", "1e3", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["guide"] == "full" and res["config"]["gamma2"] == 1e3
+    assert set(res["elbo"]) == {"train", "val", "test"}
+    assert len(res["history"]) == res["epochs_run"] == 2
+    assert "torch" in res["versions"]
+    assert (out / "state.pt").exists()
+    assert "ELBO train" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--mixing", "nope"], "--mixing"),
+    (["--prior", "cauchy"], "--prior"),
+    (["--guide", "banana"], "--guide"),
+    (["--gamma2", "0"], "--gamma2"),
+    (["--gamma2", "-1"], "--gamma2"),
+    (["--gamma2", "nan"], "--gamma2"),
+    (["--gamma2", "inf"], "--gamma2"),
+    (["--beta", "0"], "--beta"),
+    (["--dim", "0"], "--dim"),
+    (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "100000"], "batch_size"),
+    (["--n", "five"], "--n"),
+])
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, needle):
+    code = main(["train", *TINY, *args, "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and needle in err, err
+
+
+def test_unwritable_out_dir_is_a_one_line_error(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        assert main(["train", *TINY, "--out", str(ro / "x")]) == 2
+    finally:
+        os.chmod(ro, 0o700)
+    f = tmp_path / "file"
+    f.write_text("")
+    assert main(["train", *TINY, "--out", str(f)]) == 2
+    assert capsys.readouterr().err.count("\n") == 2
+
+
+def test_python_m_entry_point_and_exit_status():
+    r = subprocess.run([sys.executable, "-m", "pyro_ima", "train", "--gamma2", "0",
+                        "--out", "/tmp/never"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "gamma2" in r.stderr

@@ -1,0 +1,85 @@
+"""Generic properties of every mixing: inverse, log|det J| against autograd, shapes, seeds."""
+
+import pytest
+import torch
+from conftest import assert_close
+
+from pyro_ima import mixings, priors
+
+torch.set_default_dtype(torch.float32)
+
+
+def _instances():
+    return [
+        ("linear-orthogonal", lambda s: mixings.Linear.orthogonal(3, seed=s), priors.gaussian(3)),
+        ("linear-colorth", lambda s: mixings.Linear.column_orthogonal(4, seed=s),
+         priors.gaussian(4)),
+        ("linear-general", lambda s: mixings.Linear(
+            torch.randn(3, 3, generator=torch.Generator().manual_seed(s)) + 2 * torch.eye(3)),
+         priors.gaussian(3)),
+        ("moebius-3", lambda s: mixings.Moebius(3, seed=s), priors.uniform(3)),
+        ("moebius-2-box", lambda s: mixings.Moebius(2, seed=s, box=(-1.0, 2.0), alpha=2.0),
+         priors.uniform(2, -1.0, 2.0)),
+    ]
+
+
+INSTANCES = _instances()
+IDS = [i[0] for i in INSTANCES]
+
+
+@pytest.mark.parametrize("name,make,prior", INSTANCES, ids=IDS)
+def test_inverse_round_trip(name, make, prior):
+    f = make(0)
+    z = prior.sample((256,))
+    assert_close(f.inv(f(z)), z, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,make,prior", INSTANCES, ids=IDS)
+def test_log_abs_det_matches_autograd(name, make, prior):
+    f = make(0)
+    z = prior.sample((16,)).double()
+    for k, v in vars(f).items():  # evaluate the map itself in float64
+        if torch.is_tensor(v):
+            setattr(f, k, v.double())
+    jac = torch.func.vmap(torch.func.jacrev(f))(z)
+    # Parameters were drawn in float32: 1e-6 is their rounding, a wrong formula is off by O(1).
+    assert_close(f.log_abs_det_jacobian(z, f(z)), torch.linalg.slogdet(jac)[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("name,make,prior", INSTANCES, ids=IDS)
+def test_batch_shapes(name, make, prior):
+    f = make(0)
+    d = prior.event_shape[0]
+    z = prior.sample((2, 5))
+    assert f(z).shape == (2, 5, d)
+    assert f.inv(f(z)).shape == (2, 5, d)
+    assert f.log_abs_det_jacobian(z, f(z)).shape == (2, 5)
+    with pytest.raises(ValueError, match="z: expected last dim"):
+        f(torch.zeros(4, d + 1))
+
+
+@pytest.mark.parametrize("name,make,prior", INSTANCES, ids=IDS)
+def test_seed_determinism(name, make, prior):
+    z = prior.sample((8,))
+    assert torch.equal(make(3)(z), make(3)(z))
+    if not name.startswith("linear-general"):
+        assert not torch.allclose(make(3)(z), make(4)(z))
+    assert type(make(0)).__name__ in repr(make(0))
+
+
+def test_moebius_jacobian_is_a_scaled_orthogonal_matrix():
+    f = mixings.Moebius(3, seed=0)
+    z = priors.uniform(3).sample((32,)).double()
+    f.weight, f.pole, f.shift = f.weight.double(), f.pole.double(), f.shift.double()
+    J = torch.func.vmap(torch.func.jacrev(f))(z)
+    JtJ = J.transpose(-1, -2) @ J
+    s2 = JtJ.diagonal(dim1=-2, dim2=-1).mean(-1)
+    eye = torch.eye(3, dtype=torch.float64)
+    assert_close(JtJ / s2[:, None, None], eye.expand_as(JtJ), atol=1e-6)  # float32 W
+
+
+def test_moebius_pole_must_lie_outside_the_box():
+    with pytest.raises(ValueError, match="pole"):
+        mixings.Moebius(2, pole=[0.5, 0.5])
+    with pytest.raises(ValueError, match="weight: expected an invertible"):
+        mixings.Linear(torch.zeros(2, 2))

@@ -1,0 +1,135 @@
+"""fit(): parameter isolation, replica equivalence, early stopping, best-state restore."""
+
+import pyro
+import pytest
+import torch
+from conftest import LinearGaussian, assert_close
+
+from pyro_ima import data, inference, mixings, models, priors
+
+
+def _pair(family="diagonal", replicas=None, seed=0, gamma2=100.0, learn_noise=False,
+          fixed=False, prior=None):
+    d = 2
+    p0 = prior or priors.gaussian(d)
+    dec = mixings.Moebius(d, seed=1) if fixed else models.MLP(d, d, (16,), replicas=replicas,
+                                                              seed=seed)
+    vae = models.GaussianVAE(dec, p0, gamma2, replicas=replicas, learn_noise=learn_noise,
+                             data_dim=d)
+    cls = models.GUIDES[family]
+    enc_seed = [s + 100 for s in seed] if isinstance(seed, list) else seed + 100
+    enc = models.MLP(d, cls.num_outputs(d), (16,), replicas=replicas, seed=enc_seed)
+    return vae, cls(vae, enc)
+
+
+def _data(n=512, seed=0):
+    ds = data.make_dataset(mixings.Moebius(2, seed=1), priors.uniform(2), n=n, seed=seed)
+    return ds
+
+
+def test_two_models_in_one_process_both_learn():
+    ds = _data()
+    before = []
+    for _ in range(2):
+        vae, guide = _pair()
+        params = inference.trainable_parameters(vae, guide)
+        start = {k: p.detach().clone() for k, p in params.items()}
+        e0 = inference.elbo_per_point(vae, guide, ds.val.x, num_particles=5).mean()
+        inference.fit(vae, guide, ds.train, ds.val, epochs=3, batch_size=64, lr=3e-3)
+        moved = [float((p.detach() - start[k]).abs().max()) for k, p in params.items()]
+        assert min(moved) > 1e-4, "some parameter was silently not trained"
+        e1 = inference.elbo_per_point(vae, guide, ds.val.x, num_particles=5).mean()
+        assert e1 > e0 + 1.0
+        before.append(float(e1))
+    assert len(pyro.get_param_store().keys()) == 0  # nothing leaks into the global store
+
+
+def test_pyro_param_store_trap_is_avoided_for_same_architecture():
+    # The classic trap: a second module under an existing pyro.module name is not trained.
+    ds = _data()
+    vae1, g1 = _pair(seed=0)
+    inference.fit(vae1, g1, ds.train, epochs=1)
+    with pyro.get_param_store().scope():
+        pyro.module(vae1.pyro_name, vae1)  # even a stale global entry must not matter
+        vae2, g2 = _pair(seed=0)
+        w0 = vae2.decoder.layers[0].weight.detach().clone()
+        inference.fit(vae2, g2, ds.train, epochs=1)
+        assert float((vae2.decoder.layers[0].weight.detach() - w0).abs().max()) > 1e-4
+    assert vae1.pyro_name != vae2.pyro_name
+
+
+@pytest.mark.parametrize("family,learn_noise,fixed", [
+    ("diagonal", False, False), ("isotropic", True, False), ("full", False, True)])
+def test_replica_r_equals_a_single_run_with_its_seed(family, learn_noise, fixed):
+    ds = _data(n=600)
+    seeds = [3, 7, 11]
+    gammas = torch.tensor([10.0, 100.0, 1000.0])
+    vae_b, guide_b = _pair(family, replicas=3, seed=seeds, gamma2=gammas,
+                           learn_noise=learn_noise, fixed=fixed)
+    rb = inference.fit(vae_b, guide_b, ds.train, ds.val, epochs=4, batch_size=32, lr=3e-3,
+                       seed=seeds)
+    assert rb.steps == 4 * (420 // 32)  # > 50 steps per replica
+    pb = inference.trainable_parameters(vae_b, guide_b)
+    for r, s in enumerate(seeds):
+        vae, guide = _pair(family, seed=s, gamma2=float(gammas[r]), learn_noise=learn_noise,
+                           fixed=fixed)
+        rs = inference.fit(vae, guide, ds.train, ds.val, epochs=4, batch_size=32, lr=3e-3,
+                           seed=s)
+        for k, p in inference.trainable_parameters(vae, guide).items():
+            assert_close(pb[k][r].reshape(p.shape), p.detach(), atol=2e-5, rtol=1e-4, msg=k)
+        assert_close([h["val_elbo"][r] for h in rb.history],
+                      [h["val_elbo"] for h in rs.history], rtol=1e-4)
+
+
+def test_per_replica_early_stopping_freezes_and_restores_best():
+    ds = _data(n=400)
+    # Replica 1 has a huge learning-signal scale (gamma2) and a tiny lr cannot fix it quickly;
+    # patience 1 makes the replicas stop at different epochs.
+    vae, guide = _pair(replicas=3, seed=[0, 1, 2], gamma2=torch.tensor([10.0, 1e4, 100.0]))
+    snapshots = []
+
+    def record(epoch, rec):
+        snapshots.append({k: p.detach().clone()
+                          for k, p in inference.trainable_parameters(vae, guide).items()})
+
+    r = inference.fit(vae, guide, ds.train, ds.val, epochs=30, batch_size=32, lr=3e-2,
+                      patience=1, seed=[0, 1, 2], on_epoch=record)
+    actives = [h["active"] for h in r.history]
+    assert actives[-1] < 3 or r.epochs_run == 30
+    final = inference.trainable_parameters(vae, guide)
+    for rep in range(3):
+        best = r.best_epoch[rep]
+        vals = [h["val_elbo"][rep] for h in r.history]
+        # the best epoch is the argmax of the validation ELBO while the replica was active
+        assert vals[best] == max(vals[: best + 2])
+        for k, p in final.items():  # restored to the best epoch's parameters
+            assert_close(p[rep], snapshots[best][k][rep], atol=0.0, msg=k)
+    # a replica that stopped did not change afterwards
+    stop_epochs = [next((e for e, h in enumerate(r.history) if h["active"] <= i), None)
+                   for i in range(3)]
+    assert any(s is not None for s in stop_epochs)
+
+
+def test_elbo_per_point_does_not_depend_on_chunking():
+    lg = LinearGaussian(d=3, gamma2=1e3)
+    vae = lg.vae()
+    guide = models.DiagonalGuide(vae, models.MLP(3, 6, seed=0))
+    x = lg.sample(100)
+    a = inference.elbo_per_point(vae, guide, x, num_particles=3, seed=1, chunk_size=100)
+    b = inference.elbo_per_point(vae, guide, x, num_particles=3, seed=1, chunk_size=7)
+    assert a.shape == (100,)
+    assert_close(a, b, rtol=1e-6)
+
+
+def test_minibatch_scaling_gives_an_unbiased_full_data_elbo():
+    # SVI's loss on a minibatch of B out of N points is N/B times the minibatch sum.
+    lg = LinearGaussian(d=3, gamma2=10.0)
+    vae = lg.vae()
+    guide = models.DiagonalGuide(vae, models.MLP(3, 6, seed=0))
+    x = lg.sample(64)
+    eps = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    elbo = pyro.infer.Trace_ELBO(max_plate_nesting=1)
+    with pyro.get_param_store().scope():
+        loss_mb = elbo.loss(vae.model, guide.guide, x[:16], full_size=64, eps=eps[:16])
+    per_point = inference.elbo_per_point(vae, guide, x[:16], eps=eps[:16].unsqueeze(0))
+    assert_close(-loss_mb, per_point.sum() * 4, rtol=1e-5)
