@@ -31,7 +31,8 @@ def main(args):
                     init_scale=0.1)
         inference.fit(vae, guide, x, x, epochs=args.epochs, lr=1e-2, seed=args.seed)
         elbo = inference.elbo_per_point(vae, guide, x, num_particles=50).mean()
-        print(f"{family:9s} gap {float(log_px - elbo):6.3f}   closed form {float(gaps[family]):6.3f}")
+        print(f"{family:9s} gap {float(log_px - elbo):6.3f}   "
+              f"closed form {float(gaps[family]):6.3f}")
 
 
 if __name__ == "__main__":

@@ -154,6 +154,19 @@ class AmortizedGaussianGuide(nn.Module):
         """The Cholesky factor ``A(x)`` of the unconstrained covariance, ``(*, d, d)``."""
         raise NotImplementedError
 
+    def raw_from_scale_tril(self, L: torch.Tensor) -> torch.Tensor:
+        """Raw scale parameters that give the Cholesky factor ``L`` (of this family's form)."""
+        raise NotImplementedError
+
+    def raw_from_covariance(self, cov: torch.Tensor) -> torch.Tensor:
+        """Raw scale parameters whose covariance is the family's KL(q||p)-optimal fit to a
+        Gaussian posterior with covariance ``cov`` ``(*, d, d)``: ``1 / (cov^-1)_kk`` on the
+        diagonal (diagonal family), ``d / tr(cov^-1)`` (isotropic), ``cov`` itself (full)."""
+        raise NotImplementedError
+
+    def _inv_scale(self, scale: torch.Tensor) -> torch.Tensor:
+        return scale + torch.log(-torch.expm1(-scale)) - self._raw_shift
+
     # -- shared -----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu(x), raw scale parameters)`` in the unconstrained coordinates."""
@@ -202,6 +215,12 @@ class AmortizedGaussianGuide(nn.Module):
     def forward(self, *args, **kwargs):
         return self.guide(*args, **kwargs)
 
+    def with_encoder(self, encoder: nn.Module) -> AmortizedGaussianGuide:
+        """A guide of the same family, scale shift and model with another ``encoder``."""
+        new = type(self)(self.model, encoder)
+        new._raw_shift, new._loc_override = self._raw_shift, self._loc_override
+        return new
+
     def fix_loc(self, fn):
         """Replace ``mu(x)`` by ``fn(x)`` (e.g. the true inverse) until ``fix_loc(None)``.
 
@@ -228,6 +247,13 @@ class DiagonalGuide(AmortizedGaussianGuide):
     def scale_tril(self, x):
         return torch.diag_embed(self._scale(self.encode(x)[1]))
 
+    def raw_from_covariance(self, cov):
+        prec = torch.linalg.inv(cov).diagonal(dim1=-2, dim2=-1)
+        return self._inv_scale(prec.rsqrt())
+
+    def raw_from_scale_tril(self, L):
+        return self._inv_scale(L.diagonal(dim1=-2, dim2=-1))
+
 
 class IsotropicGuide(AmortizedGaussianGuide):
     """Creates ``q(z | x) = N(mu(x), sigma^2(x) I)``, one ``sigma = softplus(raw)`` per point."""
@@ -247,6 +273,13 @@ class IsotropicGuide(AmortizedGaussianGuide):
     def scale_tril(self, x):
         loc, raw = self.encode(x)
         return torch.diag_embed(self._scale(raw, loc))
+
+    def raw_from_covariance(self, cov):
+        trace = torch.linalg.inv(cov).diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+        return self._inv_scale((cov.shape[-1] / trace).sqrt())
+
+    def raw_from_scale_tril(self, L):
+        return self._inv_scale(L.diagonal(dim1=-2, dim2=-1)[..., :1])
 
 
 class FullCovGuide(AmortizedGaussianGuide):
@@ -271,6 +304,15 @@ class FullCovGuide(AmortizedGaussianGuide):
 
     def scale_tril(self, x):
         return self._tril(self.encode(x)[1])
+
+    def raw_from_covariance(self, cov):
+        return self.raw_from_scale_tril(torch.linalg.cholesky(cov))
+
+    def raw_from_scale_tril(self, L):
+        diag = L.diagonal(dim1=-2, dim2=-1)
+        L = L - torch.diag_embed(diag) + torch.diag_embed(self._inv_scale(diag))
+        rows, cols = torch.tril_indices(self.latent_dim, self.latent_dim)
+        return L[..., rows, cols]
 
 
 GUIDES = {cls.family: cls for cls in (DiagonalGuide, IsotropicGuide, FullCovGuide)}

@@ -1,0 +1,195 @@
+"""Gap analytics: the theory's predictions, the refined ELBO*, and self-consistency metrics."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .._utils import check_int
+from ..metrics import conformal_contrast, diagonality, ima_contrast, jacobian, row_contrast
+from ..models.guides import AmortizedGaussianGuide
+from ..models.vae import GaussianVAE
+from .elbo import as_replica_batch, elbo_per_point, standard_noise
+from .likelihood import exact_log_px, importance_log_px, laplace_precision
+
+__all__ = ["predicted_gap", "predicted_variances", "refine_elbo", "gap_report",
+           "self_consistency"]
+
+
+def predicted_gap(P: torch.Tensor, family: str) -> torch.Tensor:
+    """The linearized gap of a guide family for posterior precision ``P`` ``(*, d, d)``.
+
+    Diagonal ``1/2 (sum log P_kk - log det P)``, isotropic ``1/2 (d log(tr P / d) - log det P)``,
+    full ``0`` (THEORY.md; exact for linear decoders).
+    """
+    if family == "diagonal":
+        return diagonality(P)
+    if family == "isotropic":
+        d = P.shape[-1]
+        trace = P.diagonal(dim1=-2, dim2=-1).sum(-1)
+        return 0.5 * (d * torch.log(trace / d) - torch.linalg.slogdet(P)[1])
+    if family == "full":
+        return torch.zeros(P.shape[:-2], dtype=P.dtype)
+    raise ValueError(f"family: expected 'diagonal', 'isotropic' or 'full', got {family!r}")
+
+
+def predicted_variances(P: torch.Tensor, family: str) -> torch.Tensor:
+    """The optimal guide variances per latent ``(*, d)``: ``1/P_kk`` (diagonal, eq. 12),
+    ``d / tr P`` (isotropic), ``diag(P^-1)`` (full)."""
+    diag = P.diagonal(dim1=-2, dim2=-1)
+    if family == "diagonal":
+        return 1.0 / diag
+    if family == "isotropic":
+        return (P.shape[-1] / diag.sum(-1, keepdim=True)).expand_as(diag)
+    if family == "full":
+        return torch.linalg.inv(P).diagonal(dim1=-2, dim2=-1)
+    raise ValueError(f"family: expected 'diagonal', 'isotropic' or 'full', got {family!r}")
+
+
+class _PointTable(nn.Module):
+    """An 'encoder' holding free variational parameters for each point.
+
+    Everything is stored whitened by the starting Gaussian ``N(mu0, L0 L0^T)``: the mean is
+    ``mu0 + L0 delta`` and the Cholesky factor ``L0 M`` with ``M`` lower-triangular of the
+    family's form (``M = I`` at the start), so one Adam learning rate suits every gamma.
+    """
+
+    _SOFTPLUS_INV_1 = math.log(math.e - 1.0)
+
+    def __init__(self, guide: AmortizedGaussianGuide, loc0: torch.Tensor,
+                 scale_tril0: torch.Tensor):
+        super().__init__()
+        object.__setattr__(self, "guide", guide)
+        self.loc0, self.scale_tril0 = loc0.detach(), scale_tril0.detach()
+        d = loc0.shape[-1]
+        k = guide.num_scale_params(d)
+        self.table = nn.Parameter(torch.zeros(loc0.shape[:-1] + (d + k,), dtype=loc0.dtype))
+
+    def _m(self, raw: torch.Tensor) -> torch.Tensor:
+        d = self.loc0.shape[-1]
+        if self.guide.family == "full":
+            rows, cols = torch.tril_indices(d, d)
+            m = raw.new_zeros(raw.shape[:-1] + (d, d))
+            m[..., rows, cols] = raw
+            diag = torch.nn.functional.softplus(m.diagonal(dim1=-2, dim2=-1)
+                                                + self._SOFTPLUS_INV_1)
+            return m - torch.diag_embed(m.diagonal(dim1=-2, dim2=-1)) + torch.diag_embed(diag)
+        diag = torch.nn.functional.softplus(raw + self._SOFTPLUS_INV_1)
+        return torch.diag_embed(diag.expand(raw.shape[:-1] + (d,)))
+
+    def forward(self, x):
+        d = self.loc0.shape[-1]
+        delta, raw = self.table[..., :d], self.table[..., d:]
+        loc = self.loc0 + (self.scale_tril0 @ delta.unsqueeze(-1)).squeeze(-1)
+        scale_tril = self.scale_tril0 @ self._m(raw)
+        return torch.cat([loc, self.guide.raw_from_scale_tril(scale_tril)], -1)
+
+
+def refine_elbo(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor, *,
+                steps: int = 300, lr: float = 1e-2, num_particles: int = 8,
+                eval_particles: int = 256, init: str = "laplace", seed: int = 0,
+                chunk_size: int = 2048) -> torch.Tensor:
+    """ELBO* per point: the guide's parameters optimized for each point separately.
+
+    Each point's variational parameters (same family) start from the amortized encoder's mean
+    and either the encoder's scales (``init="encoder"``) or the family's optimal fit to the
+    Laplace posterior ``N(mu(x), P^-1)`` (``init="laplace"``, the theory's prediction: eq. 12
+    for the diagonal family), then take ``steps`` Adam steps on that point's own ELBO (all
+    points of a chunk batched: their ELBOs do not interact). The model stays fixed. Returns
+    ``elbo_star``, ``(N,)`` / ``(R, N)``, from ``eval_particles`` fresh draws.
+    """
+    if init not in ("laplace", "encoder"):
+        raise ValueError(f"init: expected 'laplace' or 'encoder', got {init!r}")
+    check_int("steps", steps, minimum=0)
+    x = as_replica_batch(vae, x)
+    n = vae.batch_size_of(x)
+    dim = -1 - vae.obs_event_dim
+    g = torch.Generator().manual_seed(seed)
+
+    def next_seed():
+        return int(torch.randint(2**62, (), generator=g))
+
+    result = []
+    for start in range(0, n, chunk_size):
+        xs = x.narrow(dim, start, min(chunk_size, n - start))
+        with torch.no_grad():
+            loc = guide.loc(xs)
+            if init == "laplace":  # the family's optimal fit to N(loc, P^-1)
+                raw = guide.raw_from_covariance(torch.linalg.inv(
+                    laplace_precision(vae, guide, loc)))
+                fixed = torch.cat([loc, raw], -1)
+                scale_tril0 = guide.with_encoder(lambda _, h=fixed: h).scale_tril(xs)
+            else:
+                scale_tril0 = guide.scale_tril(xs)
+        table = _PointTable(guide, loc, scale_tril0)
+        local = guide.with_encoder(table)
+        local.fix_loc(None)
+        opt = torch.optim.Adam(table.parameters(), lr=lr)
+        b = xs.shape[dim]
+        for _ in range(steps):
+            eps = standard_noise(vae, num_particles, b, next_seed())
+            loss = -elbo_per_point(vae, local, xs, eps=eps, grad=True).sum()
+            (table.table.grad,) = torch.autograd.grad(loss, table.table)
+            opt.step()
+        result.append(elbo_per_point(vae, local, xs, num_particles=eval_particles,
+                                     seed=next_seed()))
+    return torch.cat(result, -1)
+
+
+def self_consistency(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor,
+                     inverse=None) -> dict[str, torch.Tensor]:
+    """Per-point ``||f(mu(x)) - x||``, ``||mu(x) - g(x)||`` (with a known ``inverse``) and the
+    guide's variances (mean over latents), next to ``1 / gamma2``."""
+    x = as_replica_batch(vae, x)
+    with torch.no_grad():
+        z = guide.point_estimate(x)
+        out = {"reconstruction_error": torch.linalg.vector_norm(vae.decoder(z) - x, dim=-1),
+               "encoder_variance": guide.covariance(x).diagonal(dim1=-2, dim2=-1).mean(-1),
+               "inverse_gamma2": (1.0 / vae.gamma2).reshape(vae.gamma2.shape[:1] or ())}
+        if inverse is not None:
+            out["inverse_error"] = torch.linalg.vector_norm(z - inverse(x), dim=-1)
+    return out
+
+
+def gap_report(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor, *,
+               mixing=None, num_samples: int = 1000, refine_steps: int = 300,
+               elbo_particles: int = 256, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Everything about the ELBO gap at each point (``(N,)`` or ``(R, N)`` tensors).
+
+    Keys: ``elbo`` (amortized), ``elbo_star`` (refined, :func:`refine_elbo`), ``log_px_is``
+    (Laplace-proposal importance sampling at this gamma) and its ``khat``, ``log_px_exact``
+    (change of variables, with ``mixing``), ``gap`` = ``log_px - elbo``,
+    ``amortization_gap`` = ``elbo_star - elbo``, ``approximation_gap`` = ``log_px - elbo_star``,
+    ``predicted_gap`` (the family's linearized gap at the posterior mode ``g(x)`` if ``mixing``
+    is given, else at ``mu(x)``), ``c_ima``, ``c_conf``, ``c_row`` of the decoder there,
+    ``log_px_minus_c_ima`` and ``predicted_variances`` ``(*, d)`` (eq. 12 for the diagonal family).
+    ``log_px`` is the IS estimate.
+    """
+    x = as_replica_batch(vae, x)
+    family = guide.family
+    elbo = elbo_per_point(vae, guide, x, num_particles=elbo_particles, seed=seed)
+    elbo_star = refine_elbo(vae, guide, x, steps=refine_steps, seed=seed + 1,
+                            eval_particles=elbo_particles)
+    is_res = importance_log_px(vae, guide, x, num_samples=num_samples, proposal="laplace",
+                               seed=seed + 2)
+    with torch.no_grad():
+        if mixing is not None:
+            z0 = mixing.inv(x)
+            u0 = z0 if guide.bijection is None else guide.bijection.inv(z0)
+        else:
+            u0 = guide.loc(x)
+        P = laplace_precision(vae, guide, u0)
+        J = jacobian(vae.decoder, u0 if guide.bijection is None else guide.bijection(u0))
+    rep = {"elbo": elbo, "elbo_star": elbo_star, "log_px_is": is_res.log_px.float(),
+           "khat": is_res.khat, "ess": is_res.ess}
+    log_px = rep["log_px_is"]
+    if mixing is not None:
+        rep["log_px_exact"] = exact_log_px(mixing, vae.prior, x)
+    rep.update(gap=log_px - elbo, amortization_gap=elbo_star - elbo,
+               approximation_gap=log_px - elbo_star, predicted_gap=predicted_gap(P, family),
+               c_ima=ima_contrast(J), c_conf=conformal_contrast(J), c_row=row_contrast(J),
+               predicted_variances=predicted_variances(P, family))
+    rep["log_px_minus_c_ima"] = log_px - rep["c_ima"]
+    return rep

@@ -1,0 +1,213 @@
+"""log p(x): exact by change of variables, or importance-sampled per data point with PSIS k-hat."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from .._utils import check_int, check_positive
+from ..metrics import jacobian
+from ..models.guides import AmortizedGaussianGuide, TrilAffineTransform, _ProvidedNoise
+from ..models.vae import GaussianVAE, data_plates
+from .elbo import as_replica_batch, log_weights
+
+__all__ = ["exact_log_px", "importance_log_px", "ISResult", "psis_khat", "LaplaceProposal",
+           "laplace_precision"]
+
+
+_MIN_PSIS_SAMPLES = 5
+_CONSTANT_RANGE = 1e-3
+
+
+def exact_log_px(mixing, prior: torch.distributions.Distribution,
+                 x: torch.Tensor) -> torch.Tensor:
+    """``log p(x) = log p0(g(x)) - log |det J_f(g(x))|`` for an invertible mixing ``f = g^-1``.
+
+    The noiseless (gamma -> infinity) log-likelihood, per point; ``-inf`` where ``g(x)`` falls
+    outside the prior's support. ``mixing`` is a Transform with ``inv`` and
+    ``log_abs_det_jacobian``.
+    """
+    z = mixing.inv(x)
+    inside = prior.support.check(z)
+    safe = torch.where(inside.unsqueeze(-1), z, prior.mean.expand_as(z))
+    lp = prior.log_prob(safe) - mixing.log_abs_det_jacobian(safe, x)
+    return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+
+
+def psis_khat(log_weights: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Pareto k-hat of each row of ``log_weights`` ``(..., K)`` by ArviZ's PSIS.
+
+    The one place that speaks to ArviZ: 0.x has ``arviz.psislw(lw)``; 1.x has
+    ``arviz_stats.base.array_stats.psislw(-lw)`` (it smooths log-likelihood-like values, hence
+    the sign).
+    """
+    lw = log_weights.detach().cpu().double().numpy() if torch.is_tensor(log_weights) \
+        else np.asarray(log_weights, dtype=np.float64)
+    import arviz
+    shape = lw.shape[:-1]
+    flat = lw.reshape(-1, lw.shape[-1])
+    if flat.shape[-1] < _MIN_PSIS_SAMPLES:
+        return np.full(shape, np.nan)
+    if int(arviz.__version__.split(".")[0]) >= 1:  # pragma: no cover - needs Python >= 3.12
+        from arviz_stats.base import array_stats
+        _, khat = array_stats.psislw(-flat, r_eff=1.0, axis=-1)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-equal weights: k-hat -inf/nan
+            _, khat = arviz.psislw(flat, reff=1.0)
+    khat = np.asarray(khat, dtype=np.float64).reshape(shape)
+    # Weights equal up to float rounding have no tail to fit: a perfect proposal.
+    flat_range = (flat.max(-1) - flat.min(-1)).reshape(shape)
+    return np.where((flat_range < _CONSTANT_RANGE) | ~np.isfinite(khat), -np.inf, khat)
+
+
+class LaplaceProposal(nn.Module):
+    """A fixed Gaussian proposal ``r(z | x) = T(N(loc, L L^T))`` per point, used like a guide.
+
+    ``loc`` ``(*, B, d)`` and ``scale_tril`` ``(*, B, d, d)`` live in the guide's unconstrained
+    coordinates; ``T`` is the prior's support bijection.
+    """
+
+    def __init__(self, model: GaussianVAE, loc: torch.Tensor, scale_tril: torch.Tensor,
+                 bijection=None):
+        super().__init__()
+        object.__setattr__(self, "model", model)
+        self.loc, self.scale_tril, self.bijection = loc, scale_tril, bijection
+
+    def posterior(self, x=None, eps=None):
+        base = (dist.Normal(torch.zeros_like(self.loc), 1.0).to_event(1) if eps is None
+                else _ProvidedNoise(eps))
+        ts = [TrilAffineTransform(self.loc, self.scale_tril, cache_size=1)]
+        if self.bijection is not None:
+            ts.append(self.bijection)
+        return dist.TransformedDistribution(base, ts)
+
+    def guide(self, x, full_size=None, eps=None):
+        with data_plates(self.model.batch_size_of(x), self.model.replicas, full_size):
+            with self.model.latent_scale():
+                return pyro.sample("z", self.posterior(x, eps))
+
+
+def laplace_precision(vae: GaussianVAE, guide: AmortizedGaussianGuide,
+                      u: torch.Tensor) -> torch.Tensor:
+    """``P = J^T Sigma_x^-1 J - Hess log p0`` at unconstrained points ``u`` ``(*, B, d)``.
+
+    ``J`` is the Jacobian of ``u -> f(T(u))`` and ``p0`` the prior density in the ``u``
+    coordinates (``p0(T(u)) |det dT/du|``), so the same formula serves bounded priors. The
+    residual term ``(x - f) Hess f`` is dropped (it vanishes at ``u = g(x)``).
+    """
+    T = guide.bijection
+
+    def decode(v):
+        return vae.decoder(v if T is None else T(v))
+
+    def log_prior(v):
+        if T is None:
+            return vae.prior.log_prob(v)
+        z = T(v)
+        return vae.prior.log_prob(z) + T.log_abs_det_jacobian(v, z)
+
+    J = jacobian(decode, u, mode="fwd")  # (*, B, D, d)
+    prec_x = (1.0 / vae.obs_scale().square()).expand(J.shape[:-1])  # (*, B, D)
+    JtSJ = J.transpose(-1, -2) @ (prec_x.unsqueeze(-1) * J)
+    # Hessian of the (pointwise) log prior: one backward pass per latent direction.
+    with torch.enable_grad():
+        v = u.detach().requires_grad_(True)
+        grad = torch.autograd.grad(log_prior(v).sum(), v, create_graph=True)[0]
+        rows = [torch.autograd.grad(grad[..., k].sum(), v, retain_graph=True)[0]
+                for k in range(u.shape[-1])]
+    hess = torch.stack(rows, dim=-2)
+    return JtSJ - hess.detach()
+
+
+@dataclass
+class ISResult:
+    """Per-point importance-sampling results (shape ``(N,)`` or ``(R, N)``).
+
+    ``log_px``: ``logsumexp_k w_k - log K``; ``elbo``: the mean log-weight (the ELBO of the
+    proposal, from the same draws); ``ess``: effective sample size; ``khat``: PSIS Pareto k-hat;
+    ``num_samples``: ``K``.
+    """
+
+    log_px: torch.Tensor
+    elbo: torch.Tensor
+    ess: torch.Tensor
+    khat: torch.Tensor
+    num_samples: int
+
+    def summary(self) -> dict:
+        k = self.khat
+        return {"log_px": float(self.log_px.mean()), "elbo": float(self.elbo.mean()),
+                "ess_median": float(self.ess.median()), "khat_median": float(k.median()),
+                "khat_frac_above_0.7": float((k > 0.7).double().mean())}
+
+
+def importance_log_px(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor, *,
+                      num_samples: int = 1000, proposal: str = "guide", widen: float = 1.0,
+                      seed: int = 0, chunk_points: int = 100, chunk_samples: int = 1000,
+                      khat_warn: float = 0.1) -> ISResult:
+    """Importance-sampled ``log p(x)`` for every point, from Pyro traces.
+
+    ``log p_K(x) = logsumexp_k [log p(x, z_k) - log r(z_k | x)] - log K`` with the unscaled
+    log-densities, one estimate per point (never pooled across the batch, so it is the same
+    for any chunking). Proposals ``r``: ``"guide"`` (the guide ``q`` widened by ``widen``; with
+    ``widen = 1`` this is the IWAE bound) or ``"laplace"``: ``N(mu(x), widen^2 P^-1)`` with the
+    full Laplace precision ``P`` at the guide's mean (:func:`laplace_precision`), the better
+    proposal in the near-deterministic regime where a diagonal ``q`` is too narrow along
+    correlated directions.
+
+    Chunks of ``chunk_points`` points by ``chunk_samples`` samples bound memory (about 400 MB
+    at the defaults with K = 1000 on 10,000 points). Warns when more than ``khat_warn`` of the
+    points have k-hat > 0.7 (estimates not to be trusted).
+    """
+    check_int("num_samples", num_samples)
+    check_int("chunk_points", chunk_points)
+    check_int("chunk_samples", chunk_samples)
+    check_positive("widen", widen)
+    if proposal not in ("guide", "laplace"):
+        raise ValueError(f"proposal: expected 'guide' or 'laplace', got {proposal!r}")
+    x = as_replica_batch(vae, x)
+    n = vae.batch_size_of(x)
+    dim = -1 - vae.obs_event_dim
+    rep = () if vae.replicas is None else (vae.replicas,)
+    g = torch.Generator().manual_seed(seed)
+    out = {"log_px": [], "elbo": [], "ess": [], "khat": []}
+    for start in range(0, n, chunk_points):
+        xs = x.narrow(dim, start, min(chunk_points, n - start))
+        b = xs.shape[dim]
+        with torch.no_grad():
+            loc = guide.loc(xs)
+            if proposal == "guide":
+                L = guide.scale_tril(xs) * widen
+            else:
+                P = laplace_precision(vae, guide, loc)
+                L = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(P))) \
+                    * widen
+            r = LaplaceProposal(vae, loc, L, guide.bijection)
+            lw = []
+            for s0 in range(0, num_samples, chunk_samples):
+                k = min(chunk_samples, num_samples - s0)
+                eps = torch.randn((k, *rep, b, vae.latent_dim), generator=g)
+                lw.append(log_weights(vae, r, xs, eps).double())
+            lw = torch.cat(lw, 0)  # (K, [R,] b)
+        log_px = torch.logsumexp(lw, 0) - math.log(num_samples)
+        ess = torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0))
+        out["log_px"].append(log_px)
+        out["elbo"].append(lw.mean(0))
+        out["ess"].append(ess)
+        out["khat"].append(torch.from_numpy(psis_khat(torch.movedim(lw, 0, -1))))
+    res = ISResult(*(torch.cat(out[k], -1) for k in ("log_px", "elbo", "ess", "khat")),
+                   num_samples=num_samples)
+    frac = float((res.khat > 0.7).double().mean())
+    if frac > khat_warn:
+        warnings.warn(f"importance_log_px: {frac:.0%} of points have PSIS k-hat > 0.7; their "
+                      f"log p(x) estimates are not to be trusted (try proposal='laplace', "
+                      f"widen > 1 or more samples)", RuntimeWarning, stacklevel=2)
+    return res
