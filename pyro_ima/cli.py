@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT/state.pt (model and guide state).")
     _add_run_args(p)
     p.add_argument("--out", required=True, help="output directory (created if missing)")
+    p = sub.add_parser("evaluate", help="re-evaluate a trained run directory",
+                       description="Reload RUN_DIR (results.json + state.pt), recompute MCC, "
+                                   "contrasts, importance-sampled log p with PSIS k-hat and the "
+                                   "gap, and write RUN_DIR/metrics.json.")
+    p.add_argument("run_dir", help="a directory written by `pyro-ima train`")
+    p.add_argument("--points", type=_int_at_least(1), default=500,
+                   help="test points for importance sampling (default %(default)s)")
+    p.add_argument("--samples", type=_int_at_least(1), default=1000,
+                   help="importance samples per point K (default %(default)s)")
     p = sub.add_parser("demo", help="the main job: closed-form gap check + a Moebius VAE, "
                                     "printed and drawn")
     p.add_argument("--out", default="runs/demo", help="output directory (default %(default)s)")
@@ -100,6 +109,29 @@ def _cmd_train(args) -> int:
     print(f"trained {cfg.guide} guide, {results['epochs_run']} epochs in "
           f"{results['seconds']:.1f}s: ELBO train {e['train']:.3f} val {e['val']:.3f} "
           f"test {e['test']:.3f} -> {args.out}/results.json")
+    print(format_metrics(results["metrics"]))
+    return 0
+
+
+def format_metrics(m: dict) -> str:
+    """One line of the headline metrics."""
+    line = (f"MCC {m['mcc_pearson']:.3f} (Spearman {m['mcc_spearman']:.3f})  "
+            f"c_IMA {m['c_ima']:.3f}  c_conf {m['c_conf']:.3f}  ELBO {m['elbo']:.3f}  "
+            f"IS log p {m['log_px_is']:.3f} (k-hat median {m['khat_median']:.2f}, "
+            f"{m['khat_frac_above_0_7']:.0%} > 0.7)  gap {m['gap']:.3f}")
+    if "log_px_exact" in m:
+        line += f"  exact log p {m['log_px_exact']:.3f}"
+    return line
+
+
+def _cmd_evaluate(args) -> int:
+    from ._utils import atomic_write_json
+    from .runs import evaluate, load_run
+    _, cfg, ds, vae, guide = load_run(args.run_dir)
+    m = evaluate(ds, vae, guide, mixing=ds.mixing, num_points=args.points,
+                 num_samples=args.samples, seed=cfg.seed)
+    atomic_write_json(f"{args.run_dir}/metrics.json", m)
+    print(format_metrics(m))
     return 0
 
 
@@ -114,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         from .runs import check_out_dir
-        check_out_dir(args.out)
-        return {"train": _cmd_train, "demo": _cmd_demo}[args.command](args)
+        check_out_dir(args.out if args.command != "evaluate" else args.run_dir)
+        commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo}
+        return commands[args.command](args)
     except (_OneLineError, ValueError) as e:
         print(f"pyro-ima: error: {e}", file=sys.stderr)
         return 2

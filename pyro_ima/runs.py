@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 from dataclasses import dataclass
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, data, inference, mixings, models, priors
+from . import __version__, data, inference, metrics, mixings, models, priors
 from ._utils import atomic_torch_save, atomic_write_json, check_int, check_positive
 
-__all__ = ["RunConfig", "build", "train_run", "package_versions", "check_out_dir"]
+__all__ = ["RunConfig", "build", "train_run", "evaluate", "load_run", "package_versions",
+           "check_out_dir", "load_results"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,42 @@ def build(cfg: RunConfig):
     return ds, vae, guide
 
 
+def evaluate(ds, vae, guide, *, mixing=None, num_points: int = 500, num_samples: int = 500,
+             seed: int = 0) -> dict:
+    """The headline numbers of a trained run, on (up to ``num_points`` of) the test set.
+
+    MCC (Pearson and Spearman) between true latents and ``guide.point_estimate(x)`` on the whole
+    test set; ``c_ima`` / ``c_conf``: the learned decoder's global contrasts at the inferred
+    latents; importance-sampled ``log p(x)`` (Laplace proposal) with its PSIS k-hat summary;
+    the ELBO from the same draws' model; ``gap = log p - ELBO``; the exact ``log p`` when the
+    decoder is the known mixing.
+    """
+    x, z = ds.test.x, ds.test.z
+    with torch.no_grad():
+        z_hat = guide.point_estimate(x)
+    out = {"mcc_pearson": metrics.mcc(z, z_hat).score,
+           "mcc_spearman": metrics.mcc(z, z_hat, "spearman").score}
+    with torch.no_grad():
+        J = metrics.jacobian(vae.decoder, z_hat)
+    c_ima, c_conf = metrics.ima_contrast(J), metrics.conformal_contrast(J)
+    out.update(c_ima=float(c_ima.mean()), c_conf=float(c_conf.mean()))
+    xs = x[:num_points]
+    elbo = inference.elbo_per_point(vae, guide, xs, num_particles=100, seed=seed)
+    is_res = inference.importance_log_px(vae, guide, xs, num_samples=num_samples,
+                                         proposal="laplace", seed=seed + 1, khat_warn=1.0)
+    s = is_res.summary()
+    out.update(elbo=float(elbo.mean()), log_px_is=s["log_px"], khat_median=s["khat_median"],
+               khat_frac_above_0_7=s["khat_frac_above_0.7"], ess_median=s["ess_median"],
+               gap=float((is_res.log_px - elbo.double()).mean()), is_points=int(xs.shape[0]),
+               is_samples=num_samples)
+    if mixing is not None and not vae.decoder_trainable:
+        out["log_px_exact"] = float(inference.exact_log_px(mixing, vae.prior, xs).mean())
+    bad = [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"non-finite evaluation results: {bad}")
+    return out
+
+
 def train_run(cfg: RunConfig, out: str | os.PathLike | None = None, *, progress: bool = False):
     """Build, train and evaluate one run; write ``results.json`` and ``state.pt`` to ``out``."""
     cfg.validate()
@@ -124,7 +162,8 @@ def train_run(cfg: RunConfig, out: str | os.PathLike | None = None, *, progress:
         elbos[name] = float(e.mean())
     results = {"kind": "pyro_ima.train", "config": cfg.to_dict(), "versions": package_versions(),
                "elbo": elbos, "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
-               "seconds": fit.seconds, "history": fit.history}
+               "seconds": fit.seconds, "history": fit.history,
+               "metrics": evaluate(ds, vae, guide, mixing=ds.mixing, seed=cfg.seed)}
     if out_dir is not None:
         atomic_torch_save(out_dir / "state.pt", {"config": cfg.to_dict(),
                                                  "model": vae.state_dict(),
@@ -143,3 +182,22 @@ def load_results(path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict) or obj.get("kind") != "pyro_ima.train":
         raise ValueError(f"results: {str(path)!r} is not a pyro-ima results file")
     return obj
+
+
+def load_run(run_dir: str | os.PathLike):
+    """Rebuild a run written by :func:`train_run`: ``(results, cfg, ds, vae, guide)``."""
+    run_dir = Path(run_dir)
+    results = load_results(run_dir / "results.json")
+    try:
+        cfg = RunConfig(**results["config"])
+    except TypeError as e:
+        raise ValueError(f"results: {str(run_dir)!r} has a config this version cannot read "
+                         f"({e})") from None
+    ds, vae, guide = build(cfg)
+    try:
+        state = torch.load(run_dir / "state.pt", weights_only=True)
+        vae.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide"])
+    except (OSError, RuntimeError, KeyError, EOFError) as e:
+        raise ValueError(f"state: cannot load {str(run_dir / 'state.pt')!r} ({e})") from None
+    return results, cfg, ds, vae, guide

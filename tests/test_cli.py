@@ -76,3 +76,23 @@ def test_python_m_entry_point_and_exit_status():
                         "--out", "/tmp/never"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "gamma2" in r.stderr
+
+
+def test_train_then_evaluate_reports_metrics(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    for key in ("mcc_pearson", "c_ima", "log_px_is", "khat_median", "gap"):
+        assert key in res["metrics"]
+    assert main(["evaluate", str(out), "--points", "20", "--samples", "50"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0 <= m["mcc_pearson"] <= 1
+    assert "MCC" in capsys.readouterr().out
+
+
+def test_evaluate_rejects_a_foreign_directory(tmp_path, capsys):
+    (tmp_path / "results.json").write_text('{"hello": 1}')
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a pyro-ima results file" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text("{corrupt")
+    assert main(["evaluate", str(tmp_path)]) == 2
