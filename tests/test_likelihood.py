@@ -66,8 +66,9 @@ def test_estimate_is_per_point_and_independent_of_chunking():
     a = inference.importance_log_px(vae, guide, x, chunk_points=30, seed=0, **kw)
     b = inference.importance_log_px(vae, guide, x, chunk_points=4, chunk_samples=300, seed=1,
                                     **kw)
-    assert abs(float((a.log_px - b.log_px).mean())) < 0.03
-    assert abs(float((a.log_px - truth).mean())) < 0.05
+    # per-point MC errors here are ~0.1 nats, so the mean over 30 points has std ~0.025
+    assert abs(float((a.log_px - b.log_px).mean())) < 0.08
+    assert abs(float((a.log_px - truth).mean())) < 0.08
 
 
 def test_khat_small_for_good_proposal_large_for_bad_one():

@@ -164,8 +164,8 @@ def importance_log_px(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.
     correlated directions.
 
     Chunks of ``chunk_points`` points by ``chunk_samples`` samples bound memory (K = 1000 on
-    10,000 points, d = 3: about 300 MB above the process's baseline at the defaults). Warns when more than ``khat_warn`` of the
-    points have k-hat > 0.7 (estimates not to be trusted).
+    10,000 points, d = 3: about 300 MB above the process's baseline at the defaults). Warns
+    when more than ``khat_warn`` of the points have k-hat > 0.7 (estimates not to be trusted).
     """
     check_int("num_samples", num_samples)
     check_int("chunk_points", chunk_points)

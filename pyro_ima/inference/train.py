@@ -17,6 +17,7 @@ from .._utils import check_finite_tensor, check_int, check_positive, derive_seed
 from ..models.guides import AmortizedGaussianGuide
 from ..models.vae import GaussianVAE
 from .elbo import as_replica_batch, elbo_per_point
+from .optim import Adam as joint_adam
 
 __all__ = ["fit", "FitResult", "trainable_parameters"]
 
@@ -88,7 +89,8 @@ def fit(vae: GaussianVAE, guide: AmortizedGaussianGuide, train, val=None, *,
             (``None``: never stop early).
         seed: an int (replica ``r`` uses ``seed + r``) or one seed per replica.
         loss: any Pyro ELBO; default ``Trace_ELBO``. Several particles must be vectorized.
-        optim: a Pyro optimizer; default ``pyro.optim.Adam({"lr": lr})``. A Pyro learning-rate
+        optim: a Pyro optimizer; default Adam with learning rate ``lr`` stepping all parameters
+            at once (:class:`~pyro_ima.inference.optim.JointOptim`). A Pyro learning-rate
             scheduler (e.g. ``pyro.optim.ExponentialLR``) is stepped once per epoch.
         val_particles: particles for the validation ELBO.
         progress: show a tqdm bar over epochs.
@@ -119,7 +121,7 @@ def fit(vae: GaussianVAE, guide: AmortizedGaussianGuide, train, val=None, *,
     if particles > 1 and not getattr(loss, "vectorize_particles", False):
         raise ValueError("loss: several particles need vectorize_particles=True "
                          "(each particle must get its own noise draw)")
-    optim = pyro.optim.Adam({"lr": lr}) if optim is None else optim
+    optim = joint_adam({"lr": lr}) if optim is None else optim
     params = trainable_parameters(vae, guide)
     if R is not None:
         for name, p in params.items():

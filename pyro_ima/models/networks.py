@@ -19,7 +19,7 @@ _INIT_STREAM = 1
 
 def smooth_leaky_relu(x: torch.Tensor, slope: float = 0.2) -> torch.Tensor:
     """Computes ``a x + (1 - a) log(1 + e^x)``, a smooth, strictly increasing leaky ReLU."""
-    return slope * x + (1.0 - slope) * F.softplus(x)
+    return torch.lerp(F.softplus(x), x, slope)  # one fused op for a x + (1 - a) softplus(x)
 
 
 class SmoothLeakyReLU(nn.Module):
