@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing as mp
-import resource
 import time
 
 import torch
+from _memory import peak_mb
 
 from pyro_ima import inference, metrics, models, priors
 
@@ -74,34 +73,6 @@ def noop(points, samples):
     _setup(10)
 
 
-def _vm_hwm_mb() -> float:
-    """This process's peak resident set (VmHWM; ru_maxrss can carry the parent's over exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _peak(fn, points, samples, queue):
-    fn(points, samples)
-    queue.put(_vm_hwm_mb())
-
-
-def peak_memory_mb(fn, points, samples):
-    """Peak RSS (MB) of a fresh (spawned) process that imports everything and runs ``fn``."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_peak, args=(fn, points, samples, q))
-    p.start()
-    result = q.get()
-    p.join()
-    return result
-
-
 def seconds(fn, points, samples):
     """Best of two timed calls, after a small warm-up call."""
     fn(50, 10)
@@ -117,13 +88,13 @@ def main(args):
     torch.set_num_threads(torch.get_num_threads())
     print(f"threads {torch.get_num_threads()}, points {args.points}, IS samples {args.samples}")
     print(f"peak RSS of a process that only imports and builds the model: "
-          f"{peak_memory_mb(noop, 0, 0):.0f} MB")
+          f"{peak_mb(noop, 0, 0):.0f} MB")
     pairs = [("contrasts (jacobian + c_IMA)", contrasts_library, contrasts_loop),
              ("importance-sampled log p", is_library, is_handwritten)]
     for name, lib, base in pairs:
         t_lib, t_base = seconds(lib, args.points, args.samples), seconds(
             base, args.points, args.samples)
-        m_lib, m_base = (peak_memory_mb(f, args.points, args.samples) for f in (lib, base))
+        m_lib, m_base = (peak_mb(f, args.points, args.samples) for f in (lib, base))
         print(f"{name}: library {t_lib:.2f}s ({m_lib:.0f} MB peak), baseline {t_base:.2f}s "
               f"({m_base:.0f} MB peak), ratio library/baseline {t_lib / t_base:.2f}")
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing as mp
 import time
 
 import pyro
 import torch
 import torch.nn.functional as F
+from _memory import peak_mb
 
 from pyro_ima import data, inference, mixings, models, priors
 
@@ -97,30 +97,11 @@ def torch_step_time(replicas, steps, batch=64, lr=1e-3):
     return (time.perf_counter() - t) / steps
 
 
-def _vm_hwm_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak(replicas, steps, train, q):
+def _build_or_train(replicas, steps, train):
     if train:
         library_step_time(replicas, steps)
     else:
         build(replicas)
-    q.put(_vm_hwm_mb())
-
-
-def peak_mb(replicas, steps, train=True):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_peak, args=(replicas, steps, train, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
 
 
 def best_of(fns, repeats):
@@ -147,8 +128,9 @@ def main(args):
     print(f"2. library vs hand-written torch step: R = {R}: {t_batched * 1e3:.2f} vs "
           f"{t_torch_r * 1e3:.2f} ms -> {t_batched / t_torch_r:.2f}x; R = 1: "
           f"{t_single * 1e3:.2f} vs {t_torch_1 * 1e3:.2f} ms -> {t_single / t_torch_1:.2f}x")
-    print(f"3. peak RSS: batched run R = {R}: {peak_mb(R, steps):.0f} MB; process that only "
-          f"builds the model: {peak_mb(R, steps, train=False):.0f} MB")
+    print(f"3. peak RSS: batched run R = {R}: {peak_mb(_build_or_train, R, steps, True):.0f} MB; "
+          f"process that only builds the model: "
+          f"{peak_mb(_build_or_train, R, steps, False):.0f} MB")
 
 
 if __name__ == "__main__":
