@@ -133,3 +133,22 @@ def test_minibatch_scaling_gives_an_unbiased_full_data_elbo():
         loss_mb = elbo.loss(vae.model, guide.guide, x[:16], full_size=64, eps=eps[:16])
     per_point = inference.elbo_per_point(vae, guide, x[:16], eps=eps[:16].unsqueeze(0))
     assert_close(-loss_mb, per_point.sum() * 4, rtol=1e-5)
+
+
+def test_replica_evaluation_matches_single_models():
+    ds = _data(n=400)
+    seeds = [3, 7]
+    vae_b, guide_b = _pair("diagonal", replicas=2, seed=seeds, gamma2=torch.tensor([10.0, 1e3]))
+    inference.fit(vae_b, guide_b, ds.train, ds.val, epochs=2, batch_size=32, seed=seeds)
+    rows = inference.evaluate_replicas(vae_b, guide_b, ds.test.x, ds.test.z, seeds=seeds,
+                                       num_samples=50)
+    table = {(r["replica"], r["metric"]): r for r in rows}
+    assert table[(1, "elbo")]["gamma2"] == 1e3 and table[(1, "elbo")]["seed"] == 7
+    for r, s in enumerate(seeds):
+        vae, guide = _pair("diagonal", seed=s, gamma2=[10.0, 1e3][r])
+        inference.fit(vae, guide, ds.train, ds.val, epochs=2, batch_size=32, seed=s)
+        single = {row["metric"]: row["value"] for row in inference.evaluate_replicas(
+            vae, guide, ds.test.x, ds.test.z, num_samples=50)}
+        for metric in ("mcc_pearson", "mcc_spearman", "c_ima", "c_conf"):
+            assert table[(r, metric)]["value"] == pytest.approx(single[metric], abs=1e-4), metric
+        assert set(single) == {m for (_, m) in table}

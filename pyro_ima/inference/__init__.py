@@ -10,9 +10,11 @@ from .likelihood import (
                          laplace_precision,
                          psis_khat,
 )
+from .tidy import evaluate_replicas
 from .train import FitResult, fit, trainable_parameters
 
 __all__ = ["fit", "FitResult", "trainable_parameters", "elbo_per_point", "log_weights",
            "as_replica_batch", "standard_noise", "exact_log_px", "importance_log_px",
            "ISResult", "psis_khat", "LaplaceProposal", "laplace_precision", "predicted_gap",
-           "predicted_variances", "refine_elbo", "gap_report", "self_consistency"]
+           "predicted_variances", "refine_elbo", "gap_report", "self_consistency",
+           "evaluate_replicas"]

@@ -89,7 +89,7 @@ class LaplaceProposal(nn.Module):
             ts.append(self.bijection)
         return dist.TransformedDistribution(base, ts)
 
-    def guide(self, x, full_size=None, eps=None):
+    def guide(self, x, eps=None, full_size=None):
         with data_plates(self.model.batch_size_of(x), self.model.replicas, full_size):
             with self.model.latent_scale():
                 return pyro.sample("z", self.posterior(x, eps))

@@ -204,8 +204,8 @@ class AmortizedGaussianGuide(nn.Module):
             transforms.append(self.bijection)
         return dist.TransformedDistribution(base, transforms)
 
-    def guide(self, x: torch.Tensor, full_size: int | None = None,
-              eps: torch.Tensor | None = None) -> torch.Tensor:
+    def guide(self, x: torch.Tensor, eps: torch.Tensor | None = None,
+              full_size: int | None = None) -> torch.Tensor:
         """The Pyro guide: samples site ``z`` inside the model's plates and beta scale."""
         pyro.module(self.pyro_name, self)
         with data_plates(self.model.batch_size_of(x), self.replicas, full_size):

@@ -152,8 +152,8 @@ class GaussianVAE(nn.Module):
             return contextlib.nullcontext()
         return poutine.scale(scale=self.beta)
 
-    def model(self, x: torch.Tensor, full_size: int | None = None,
-              eps: torch.Tensor | None = None) -> torch.Tensor:
+    def model(self, x: torch.Tensor, eps: torch.Tensor | None = None,
+              full_size: int | None = None) -> torch.Tensor:
         """The Pyro model. ``x``: ``(B, D)`` or ``(R, B, D)``; ``eps`` is for the guide only."""
         pyro.module(self.pyro_name, self)
         with data_plates(self.batch_size_of(x), self.replicas, full_size):
