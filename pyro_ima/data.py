@@ -9,7 +9,7 @@ import torch
 
 from ._utils import check_int, derive_seed
 
-__all__ = ["Split", "Dataset", "make_dataset"]
+__all__ = ["Split", "Dataset", "make_dataset", "save_dataset", "load_dataset"]
 
 _LATENT_STREAM, _NOISE_STREAM, _SPLIT_STREAM = 11, 12, 13
 
@@ -74,3 +74,38 @@ def make_dataset(mixing: Callable[[torch.Tensor], torch.Tensor],
     config = {"n": n, "split": list(split), "noise_std": noise_std, "seed": seed,
               "mixing": repr(mixing)}
     return Dataset(train, val, test, mixing, prior, config)
+
+
+_FORMAT = "pyro_ima.dataset.v1"
+
+
+def save_dataset(ds: Dataset, path) -> None:
+    """Write the splits and the config (with the mixing's repr) to ``path`` atomically.
+
+    The mixing and prior objects themselves are not pickled: the config records how they were
+    made, and :func:`load_dataset` returns the tensors (the caller rebuilds the mixing from its
+    seed, e.g. ``mixings.Moebius(dim, seed=...)``).
+    """
+    from ._utils import atomic_torch_save
+    payload = {"format": _FORMAT, "config": dict(ds.config)}
+    for name in ("train", "val", "test"):
+        split = getattr(ds, name)
+        payload[name] = {"x": split.x, "z": split.z}
+    atomic_torch_save(path, payload)
+
+
+def load_dataset(path, *, mixing=None, prior=None) -> Dataset:
+    """Read a file written by :func:`save_dataset`; refuses foreign or corrupt files."""
+    try:
+        payload = torch.load(path, weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt files
+        raise ValueError(f"path: cannot read a dataset from {str(path)!r} ({e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise ValueError(f"path: {str(path)!r} is not a pyro-ima dataset file")
+    splits = []
+    for name in ("train", "val", "test"):
+        part = payload.get(name)
+        if not isinstance(part, dict) or not all(torch.is_tensor(part.get(k)) for k in "xz"):
+            raise ValueError(f"path: {str(path)!r} has no valid {name!r} split")
+        splits.append(Split(part["x"], part["z"]))
+    return Dataset(*splits, mixing=mixing, prior=prior, config=payload.get("config", {}))

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+from scipy.optimize import brentq
 from torch.distributions import constraints
 from torch.distributions.transforms import Transform
 
 from ._utils import check_int, check_positive
 
-__all__ = ["Mixing", "Linear", "Moebius", "random_orthogonal", "MIXINGS"]
+__all__ = ["Mixing", "Linear", "Moebius", "SmoothLeakyMLP", "TriangularMLP", "OrthogonalMLP",
+           "VolumePreservingLinear", "random_orthogonal", "inverse_smooth_leaky_relu", "MIXINGS"]
 
 
 def random_orthogonal(dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -42,6 +45,15 @@ class Mixing(Transform):
 
     def _repr_params(self) -> dict:
         return {"dim": self.dim}
+
+    def double(self) -> Mixing:
+        """Convert every tensor parameter to float64 in place (for precise checks); returns self."""
+        for k, v in vars(self).items():
+            if torch.is_tensor(v) and v.is_floating_point():
+                setattr(self, k, v.double())
+            elif isinstance(v, list) and v and all(torch.is_tensor(t) for t in v):
+                setattr(self, k, [t.double() for t in v])
+        return self
 
 
 class Linear(Mixing):
@@ -159,4 +171,218 @@ class Moebius(Mixing):
                 "pole": [round(v, 4) for v in self.pole.tolist()], "box": self.box}
 
 
-MIXINGS = {"linear": Linear.orthogonal, "moebius": Moebius}
+def _smooth_leaky(x, slope):
+    return torch.lerp(F.softplus(x), x, slope)
+
+
+def _smooth_leaky_log_grad(x, slope):
+    return torch.log(slope + (1.0 - slope) * torch.sigmoid(x))
+
+
+def inverse_smooth_leaky_relu(y: torch.Tensor, slope: float = 0.2, tol: float = 1e-6,
+                              max_iter: int = 100) -> torch.Tensor:
+    """Solves ``a x + (1 - a) log(1 + e^x) = y`` for ``x`` by safeguarded Newton iterations.
+
+    The map is strictly increasing with slope in ``[a, 1]``, so Newton from ``x0 = y`` (for
+    ``y > 0``) or ``y / a`` converges; iterates until ``|step| < tol * (1 + |x|)`` (float32: about
+    1e-6 relative), raising if it has not after ``max_iter`` steps.
+    """
+    x = torch.where(y > 0, y, y / slope)
+    for _ in range(max_iter):
+        fx = _smooth_leaky(x, slope) - y
+        step = fx / (slope + (1.0 - slope) * torch.sigmoid(x))
+        x = x - step
+        if bool((step.abs() <= tol * (1 + x.abs())).all()):
+            return x
+    raise FloatingPointError("inverse_smooth_leaky_relu: Newton did not converge")
+
+
+class SmoothLeakyMLP(Mixing):
+    """Creates ``f(z) = W_L s(... s(W_1 z))``: L orthogonal layers with the smooth leaky ReLU
+    ``s(x) = a x + (1 - a) log(1 + e^x)``, ``a = 0.2`` after every layer but the last.
+
+    The paper's self-consistency mixing: invertible and smooth but not in the IMA class (its
+    Jacobian's columns are not orthogonal). The inverse is layer by layer, with ``s^-1`` solved
+    numerically (:func:`inverse_smooth_leaky_relu`, tolerance 1e-6 relative).
+
+    Arguments:
+        dim: ``d``.
+        layers: ``L`` (default 3, as in the paper).
+        seed: draws the Haar-orthogonal ``W_l``.
+        slope: ``a``.
+    """
+
+    def __init__(self, dim: int, layers: int = 3, seed: int = 0, slope: float = 0.2):
+        super().__init__(dim)
+        check_int("layers", layers)
+        if not 0 < slope < 1:
+            raise ValueError(f"slope: expected 0 < slope < 1, got {slope}")
+        g = torch.Generator().manual_seed(seed)
+        self.weights = [random_orthogonal(dim, g) for _ in range(layers)]
+        self.slope, self.seed = float(slope), seed
+
+    def _call(self, z):
+        self._check(z)
+        h = z
+        for i, w in enumerate(self.weights):
+            h = h @ w.T
+            if i < len(self.weights) - 1:
+                h = _smooth_leaky(h, self.slope)
+        return h
+
+    def _inverse(self, x):
+        self._check(x)
+        h = x
+        for i, w in reversed(list(enumerate(self.weights))):
+            if i < len(self.weights) - 1:
+                h = inverse_smooth_leaky_relu(h, self.slope)
+            h = h @ w  # W orthogonal: W^-1 = W^T
+        return h
+
+    def log_abs_det_jacobian(self, z, x):
+        total = torch.zeros(z.shape[:-1], dtype=z.dtype)
+        h = z
+        for w in self.weights[:-1]:
+            h = h @ w.T
+            total = total + _smooth_leaky_log_grad(h, self.slope).sum(-1)
+            h = _smooth_leaky(h, self.slope)
+        return total
+
+    def _repr_params(self):
+        return {"dim": self.dim, "layers": len(self.weights), "seed": self.seed,
+                "slope": self.slope}
+
+
+def _random_upper_triangular(dim, g, shear=1.0, low=0.5, high=1.5):
+    """Upper-triangular with diagonal in ``+-[low, high]`` and N(0, shear^2) entries above it."""
+    u = shear * torch.triu(torch.randn(dim, dim, generator=g), diagonal=1)
+    diag = low + (high - low) * torch.rand(dim, generator=g)
+    sign = torch.where(torch.rand(dim, generator=g) < 0.5, -1.0, 1.0)
+    return u + torch.diag(sign * diag)
+
+
+class TriangularMLP(Mixing):
+    """Creates ``f(z) = U_2 sigmoid(U_1 z + c)``, ``U_1``, ``U_2`` upper-triangular, invertible.
+
+    The paper's non-IMA mixing for the gap study (its Fig. 3/4). Closed-form inverse
+    ``z = U_1^-1 (logit(U_2^-1 x) - c)``; ``log|det J| = log|det U_2| + sum log sigma'(h) +
+    log|det U_1|``. Both ``U`` have diagonals of magnitude in ``[0.5, 1.5]`` with random signs;
+    above the diagonal ``U_1`` has ``N(0, 1)`` entries (so the sigmoid stays unsaturated and
+    the map invertible in float32) and ``U_2`` ``N(0, shear^2)`` ones; ``c`` is zero. Its global
+    IMA contrast under a standard Gaussian prior grows like ``log(shear)``: ``C_IMA`` = 1.75 for
+    ``d = 2``, seed 0, ``shear = 10`` (the paper's mixing had 7.07; its weights are not
+    published).
+
+    Arguments:
+        dim: ``d`` (the paper uses 2).
+        seed: draws ``U_1``, ``U_2``.
+        shear: scale of the off-diagonal entries.
+    """
+
+    def __init__(self, dim: int, seed: int = 0, shear: float = 10.0):
+        super().__init__(dim)
+        check_positive("shear", shear)
+        g = torch.Generator().manual_seed(seed)
+        self.u1 = _random_upper_triangular(dim, g)  # mild: keeps sigmoid(U_1 z) unsaturated
+        self.u2 = _random_upper_triangular(dim, g, shear)
+        self.seed, self.shear = seed, float(shear)
+
+    def _call(self, z):
+        self._check(z)
+        return torch.sigmoid(z @ self.u1.T) @ self.u2.T
+
+    def _inverse(self, x):
+        self._check(x)
+        s = torch.linalg.solve_triangular(self.u2, x.unsqueeze(-1), upper=True).squeeze(-1)
+        h = torch.logit(s)
+        return torch.linalg.solve_triangular(self.u1, h.unsqueeze(-1), upper=True).squeeze(-1)
+
+    def log_abs_det_jacobian(self, z, x):
+        h = z @ self.u1.T
+        log_sig_grad = F.logsigmoid(h) + F.logsigmoid(-h)
+        const = (self.u1.diagonal().abs().log().sum() + self.u2.diagonal().abs().log().sum())
+        return log_sig_grad.sum(-1) + const
+
+    def _repr_params(self):
+        return {"dim": self.dim, "seed": self.seed, "shear": self.shear,
+                "u1": self.u1.tolist(), "u2": self.u2.tolist()}
+
+
+class OrthogonalMLP(Mixing):
+    """Creates ``f(z) = W (s * sigma(z))``: one elementwise layer, then an orthogonal ``W``.
+
+    ``sigma`` is the elementwise smooth leaky ReLU (invertible). The Jacobian
+    ``W diag(s * sigma'(z))`` has orthogonal columns (IMA class, ``c_IMA = 0``) of unequal norms
+    (not conformal, ``c_conf > 0``) whenever the ``s_k sigma'(z_k)`` differ.
+
+    Arguments:
+        dim: ``d``.
+        seed: draws ``W``.
+        scales: ``s`` (default log-spaced in ``[0.5, 2]``).
+        slope: the leaky slope of ``sigma``.
+    """
+
+    def __init__(self, dim: int, seed: int = 0, scales=None, slope: float = 0.2):
+        super().__init__(dim)
+        g = torch.Generator().manual_seed(seed)
+        self.weight = random_orthogonal(dim, g)
+        self.scales = torch.logspace(math.log10(0.5), math.log10(2.0), dim) if scales is None \
+            else torch.as_tensor(scales, dtype=torch.get_default_dtype())
+        check_positive("scales", self.scales)
+        self.slope, self.seed = float(slope), seed
+
+    def _call(self, z):
+        self._check(z)
+        return (self.scales * _smooth_leaky(z, self.slope)) @ self.weight.T
+
+    def _inverse(self, x):
+        self._check(x)
+        return inverse_smooth_leaky_relu((x @ self.weight) / self.scales, self.slope)
+
+    def log_abs_det_jacobian(self, z, x):
+        return (self.scales.log() + _smooth_leaky_log_grad(z, self.slope)).sum(-1)
+
+    def _repr_params(self):
+        return {"dim": self.dim, "seed": self.seed, "scales": self.scales.tolist(),
+                "slope": self.slope}
+
+
+class VolumePreservingLinear(Linear):
+    """A linear map with ``|det W| = 1`` (see :meth:`with_contrast`)."""
+
+    @classmethod
+    def with_contrast(cls, target: float, dim: int, seed: int = 0) -> VolumePreservingLinear:
+        """``W = Q (I + t S)`` with IMA contrast ``target`` (to 1e-6) and ``|det W| = 1``.
+
+        ``Q`` is Haar-orthogonal and ``S`` strictly upper-triangular with standard normal
+        entries (both from ``seed``), so ``det(I + t S) = 1`` for every ``t`` and left
+        multiplication by ``Q`` keeps the column norms: ``c_IMA(W) = sum_k log ||(I + t S)_k||``,
+        0 at ``t = 0`` and growing without bound in ``t``. ``t >= 0`` is found by Brent's method
+        in float64; ``weight64`` keeps that matrix (``weight`` is it in the default dtype, whose
+        rounding moves the contrast by up to ~1e-5 for large targets).
+        """
+        check_int("dim", dim, minimum=2)
+        if not math.isfinite(target) or target < 0:
+            raise ValueError(f"target: expected a finite contrast >= 0, got {target}")
+        g = torch.Generator().manual_seed(seed)
+        q = random_orthogonal(dim, g).double()
+        S = torch.triu(torch.randn(dim, dim, generator=g, dtype=torch.float64), diagonal=1)
+        eye = torch.eye(dim, dtype=torch.float64)
+
+        def contrast(t):
+            return float(torch.linalg.vector_norm(eye + t * S, dim=0).log().sum())
+
+        hi = 1.0
+        while contrast(hi) < target:
+            hi *= 2.0
+        t = 0.0 if target == 0 else brentq(lambda t: contrast(t) - target, 0.0, hi,
+                                           xtol=1e-14, rtol=1e-14)
+        w64 = q @ (eye + t * S)
+        m = cls(w64.to(torch.get_default_dtype()))
+        m.target, m.seed, m.weight64 = float(target), seed, w64
+        m._logabsdet = torch.zeros((), dtype=m.weight.dtype)  # exact: det(Q (I + t S)) = +-1
+        return m
+
+
+MIXINGS = {"linear": Linear.orthogonal, "moebius": Moebius, "smooth_leaky_mlp": SmoothLeakyMLP,
+           "triangular_mlp": TriangularMLP, "orthogonal_mlp": OrthogonalMLP}

@@ -47,6 +47,9 @@ class RunConfig:
                              f"got {self.mixing!r}")
         if self.prior not in priors.PRIORS:
             raise ValueError(f"prior: expected one of {sorted(priors.PRIORS)}, got {self.prior!r}")
+        if self.mixing == "moebius" and self.prior not in ("uniform", "beta"):
+            raise ValueError(f"prior: the moebius mixing needs a bounded prior (uniform or "
+                             f"beta) that keeps latents away from its pole, got {self.prior!r}")
         if self.guide not in models.GUIDES:
             raise ValueError(f"guide: expected one of {sorted(models.GUIDES)}, got {self.guide!r}")
         check_int("dim", self.dim)

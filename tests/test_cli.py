@@ -96,3 +96,20 @@ def test_evaluate_rejects_a_foreign_directory(tmp_path, capsys):
     assert "not a pyro-ima results file" in capsys.readouterr().err
     (tmp_path / "results.json").write_text("{corrupt")
     assert main(["evaluate", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("mixing,prior", [("smooth_leaky_mlp", "gaussian"),
+                                          ("triangular_mlp", "laplace"),
+                                          ("orthogonal_mlp", "logistic"),
+                                          ("moebius", "beta")])
+def test_every_mixing_and_prior_trains_from_the_cli(tmp_path, mixing, prior):
+    out = tmp_path / mixing
+    assert main(["train", *TINY, "--dim", "2", "--mixing", mixing, "--prior", prior,
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["config"]["mixing"] == mixing
+
+
+def test_moebius_with_unbounded_prior_is_refused(tmp_path, capsys):
+    assert main(["train", *TINY, "--mixing", "moebius", "--prior", "gaussian",
+                 "--out", str(tmp_path)]) == 2
+    assert "bounded prior" in capsys.readouterr().err
