@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import mixings, models, priors
+from . import models, priors
 
 __all__ = ["main", "build_parser"]
 
@@ -44,8 +44,10 @@ def _int_at_least(minimum: int):
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     from .runs import RunConfig
     d = RunConfig()
-    p.add_argument("--mixing", choices=sorted(mixings.MIXINGS), default=d.mixing,
-                   help="ground-truth mixing (default %(default)s)")
+    from .runs import MIXING_NAMES
+    p.add_argument("--mixing", choices=MIXING_NAMES, default=d.mixing,
+                   help="ground-truth mixing, or 'sprites' for the rendered Sprites images "
+                        "(with --prior beta --dim 4; conv encoder/decoder) (default %(default)s)")
     p.add_argument("--prior", choices=sorted(priors.PRIORS), default=d.prior,
                    help="latent prior, also the data's latent distribution (default %(default)s)")
     p.add_argument("--dim", type=_int_at_least(1), default=d.dim, help="latent and data dimension")
@@ -69,6 +71,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-scale", type=_positive_float, default=None,
                    help="initial guide standard deviation (default: softplus(0))")
     p.add_argument("--seed", type=_int_at_least(0), default=d.seed)
+    p.add_argument("--eval-points", type=_int_at_least(1), default=None,
+                   help="test points for the importance-sampled log p (default 500; 100 for "
+                        "sprites)")
+    p.add_argument("--eval-samples", type=_int_at_least(1), default=None,
+                   help="importance samples per point (default 500; 100 for sprites)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -103,7 +110,8 @@ def _cmd_train(args) -> int:
                     gamma2=args.gamma2, beta=args.beta, learn_noise=args.learn_noise,
                     fixed_decoder=args.fixed_decoder, hidden=args.hidden, n=args.n,
                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    patience=args.patience, init_scale=args.init_scale, seed=args.seed)
+                    patience=args.patience, init_scale=args.init_scale, seed=args.seed,
+                    eval_points=args.eval_points, eval_samples=args.eval_samples)
     results, _ = train_run(cfg, args.out, progress=not args.quiet)
     e = results["elbo"]
     print(f"trained {cfg.guide} guide, {results['epochs_run']} epochs in "
@@ -113,11 +121,15 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
 def format_metrics(m: dict) -> str:
     """One line of the headline metrics."""
     line = (f"MCC {m['mcc_pearson']:.3f} (Spearman {m['mcc_spearman']:.3f})  "
             f"c_IMA {m['c_ima']:.3f}  c_conf {m['c_conf']:.3f}  ELBO {m['elbo']:.3f}  "
-            f"IS log p {m['log_px_is']:.3f} (k-hat median {m['khat_median']:.2f}, "
+            f"IS log p {m['log_px_is']:.3f} (k-hat median {_fmt(m['khat_median'])}, "
             f"{m['khat_frac_above_0_7']:.0%} > 0.7)  gap {m['gap']:.3f}")
     if "log_px_exact" in m:
         line += f"  exact log p {m['log_px_exact']:.3f}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ def jacobian(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *,
     ``torch.func.vmap``, gives every point's Jacobian at once (``mode="fwd"``: ``d`` JVPs); with
     ``mode="rev"`` one vector-Jacobian product per output direction (``D`` VJPs). ``"auto"``
     picks the smaller. Points are processed in chunks of ``chunk_size`` along the second-to-last
-    dim, so memory stays bounded.
+    dim, so memory stays bounded. Outputs with several trailing dims (images ``(*, N, C, H,
+    W)``) are flattened: ``D = C H W``.
     """
     check_int("chunk_size", chunk_size)
     if z.dim() < 2:
@@ -43,7 +45,7 @@ def jacobian(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *,
         if m == "auto":
             with torch.no_grad():
                 y = fn(zc[..., :1, :])
-            m = "fwd" if d <= y.shape[-1] else "rev"
+            m = "fwd" if d <= math.prod(y.shape[zc.dim() - 1:]) else "rev"
         if m == "fwd":
             basis = torch.eye(d, dtype=zc.dtype).reshape((d,) + (1,) * (zc.dim() - 1) + (d,))
             basis = basis.expand((d,) + zc.shape)
@@ -51,12 +53,14 @@ def jacobian(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *,
             def column(t, zc=zc):
                 return torch.func.jvp(fn, (zc,), (t,))[1]
 
-            cols = torch.func.vmap(column)(basis)  # (d, *, n, D)
+            cols = torch.func.vmap(column)(basis)  # (d, *, n, *event)
+            cols = cols.reshape(cols.shape[:zc.dim()] + (-1,))  # (d, *, n, D)
             out.append(torch.movedim(cols, 0, -1))  # (*, n, D, d)
         else:
             y, vjp_fn = torch.func.vjp(fn, zc)
-            D = y.shape[-1]
-            basis = torch.eye(D, dtype=y.dtype).reshape((D,) + (1,) * (y.dim() - 1) + (D,))
+            lead, event = y.shape[:zc.dim() - 1], y.shape[zc.dim() - 1:]
+            D = math.prod(event)
+            basis = torch.eye(D, dtype=y.dtype).reshape((D,) + (1,) * len(lead) + event)
             rows = torch.func.vmap(lambda c, f=vjp_fn: f(c)[0])(basis.expand((D,) + y.shape))
             out.append(torch.movedim(rows, 0, -2))  # (*, n, D, d)
     return torch.cat(out, dim=-3)
@@ -65,6 +69,16 @@ def jacobian(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *,
 def _square(name: str, J: torch.Tensor) -> None:
     if J.dim() < 2 or J.shape[-1] != J.shape[-2]:
         raise ValueError(f"{name}: expected square Jacobians (*, d, d), got {tuple(J.shape)}")
+
+
+def _log_volume(name: str, J: torch.Tensor) -> torch.Tensor:
+    """``log |det J|`` for square ``J``; ``1/2 log det(J^T J)`` for tall ``J`` ``(*, D, d)``."""
+    if J.dim() < 2 or J.shape[-2] < J.shape[-1]:
+        raise ValueError(f"{name}: expected square or tall Jacobians (*, D, d) with D >= d, "
+                         f"got {tuple(J.shape)}")
+    if J.shape[-1] == J.shape[-2]:
+        return torch.linalg.slogdet(J)[1]
+    return 0.5 * torch.linalg.slogdet(J.transpose(-1, -2) @ J)[1]
 
 
 def _finish(value: torch.Tensor, logabsdet: torch.Tensor, name: str) -> torch.Tensor:
@@ -79,11 +93,11 @@ def _finish(value: torch.Tensor, logabsdet: torch.Tensor, name: str) -> torch.Te
 def ima_contrast(J: torch.Tensor) -> torch.Tensor:
     """``c_IMA = sum_k log ||J[:, k]|| - log |det J|`` (columns), shape ``J.shape[:-2]``.
 
-    Zero iff the columns are orthogonal; invariant to column scaling and permutation. Singular
-    ``J`` gives ``+inf`` with a warning.
+    Zero iff the columns are orthogonal; invariant to column scaling and permutation. For a
+    tall ``J`` (``D > d``: a decoder into a larger space) ``log |det J|`` becomes
+    ``1/2 log det(J^T J)``. Singular ``J`` gives ``+inf`` with a warning.
     """
-    _square("J", J)
-    logabsdet = torch.linalg.slogdet(J)[1]
+    logabsdet = _log_volume("J", J)
     value = torch.linalg.vector_norm(J, dim=-2).log().sum(-1) - logabsdet
     return _finish(value, logabsdet, "ima_contrast")
 
@@ -101,11 +115,11 @@ def row_contrast(J: torch.Tensor) -> torch.Tensor:
 def conformal_contrast(J: torch.Tensor) -> torch.Tensor:
     """``c_conf = (d/2) log(||J||_F^2 / d) - log |det J|``; zero iff ``J = s O`` (conformal).
 
-    By the AM-GM inequality on the column norms, ``c_conf >= c_IMA``.
+    By the AM-GM inequality on the column norms, ``c_conf >= c_IMA``. Tall ``J`` as in
+    :func:`ima_contrast`.
     """
-    _square("J", J)
     d = J.shape[-1]
-    logabsdet = torch.linalg.slogdet(J)[1]
+    logabsdet = _log_volume("J", J)
     fro2 = J.square().sum((-2, -1))
     value = 0.5 * d * torch.log(fro2 / d) - logabsdet
     return _finish(value, logabsdet, "conformal_contrast")

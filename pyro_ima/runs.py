@@ -12,11 +12,14 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, data, inference, metrics, mixings, models, priors
+from . import __version__, data, inference, metrics, mixings, models, priors, sprites
 from ._utils import atomic_torch_save, atomic_write_json, check_int, check_positive
 
 __all__ = ["RunConfig", "build", "train_run", "evaluate", "load_run", "package_versions",
            "check_out_dir", "load_results"]
+
+
+MIXING_NAMES = sorted([*mixings.MIXINGS, "sprites"])
 
 
 @dataclass(frozen=True)
@@ -39,12 +42,22 @@ class RunConfig:
     patience: int | None = 10
     init_scale: float | None = None
     seed: int = 0
+    eval_points: int | None = None  # IS evaluation size; None: 500 (vectors) or 100 (images)
+    eval_samples: int | None = None  # IS samples per point; None: 500 (vectors) or 100 (images)
+
+    def eval_sizes(self) -> tuple[int, int]:
+        small = self.mixing == "sprites"
+        return (self.eval_points or (100 if small else 500),
+                self.eval_samples or (100 if small else 500))
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        if self.mixing not in mixings.MIXINGS:
-            raise ValueError(f"mixing: expected one of {sorted(mixings.MIXINGS)}, "
-                             f"got {self.mixing!r}")
+        if self.mixing not in MIXING_NAMES:
+            raise ValueError(f"mixing: expected one of {MIXING_NAMES}, got {self.mixing!r}")
+        if self.mixing == "sprites" and (self.prior != "beta" or self.dim != 4
+                                         or self.fixed_decoder or self.learn_noise):
+            raise ValueError("mixing: sprites needs --prior beta --dim 4 and a learned decoder "
+                             "with isotropic noise")
         if self.prior not in priors.PRIORS:
             raise ValueError(f"prior: expected one of {sorted(priors.PRIORS)}, got {self.prior!r}")
         if self.mixing == "moebius" and self.prior not in ("uniform", "beta"):
@@ -64,6 +77,9 @@ class RunConfig:
             check_positive(name, getattr(self, name))
         if self.init_scale is not None:
             check_positive("init_scale", self.init_scale)
+        for name in ("eval_points", "eval_samples"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name))
         n_train = int(round(0.7 * self.n))
         if self.batch_size > n_train:
             raise ValueError(f"batch_size: expected at most the {n_train} training points "
@@ -96,9 +112,24 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     return out
 
 
+def _build_sprites(cfg: RunConfig):
+    """Sprites: rendered images, a Beta prior with the generator's own (a, b), conv nets."""
+    scfg = sprites.SpritesConfig(n=cfg.n, seed=cfg.seed)
+    ds = sprites.sprites_dataset(scfg)
+    a, b = sprites.default_beta_params(cfg.seed)
+    p0 = priors.beta(4, a=a.tolist(), b=b.tolist())
+    vae = models.GaussianVAE(models.ConvDecoder(4, seed=cfg.seed), p0, cfg.gamma2,
+                             beta=cfg.beta, obs_event_dim=3)
+    family = models.GUIDES[cfg.guide]
+    encoder = models.ConvEncoder(family.num_outputs(4), seed=cfg.seed + 10_000)
+    return ds, vae, family(vae, encoder, init_scale=cfg.init_scale)
+
+
 def build(cfg: RunConfig):
     """Dataset, model and guide for ``cfg`` (seeded)."""
     cfg.validate()
+    if cfg.mixing == "sprites":
+        return _build_sprites(cfg)
     p0 = priors.PRIORS[cfg.prior](cfg.dim)
     mix = mixings.MIXINGS[cfg.mixing](cfg.dim, seed=cfg.seed)
     ds = data.make_dataset(mix, p0, n=cfg.n, seed=cfg.seed)
@@ -128,7 +159,7 @@ def evaluate(ds, vae, guide, *, mixing=None, num_points: int = 500, num_samples:
     out = {"mcc_pearson": metrics.mcc(z, z_hat).score,
            "mcc_spearman": metrics.mcc(z, z_hat, "spearman").score}
     with torch.no_grad():
-        J = metrics.jacobian(vae.decoder, z_hat)
+        J = metrics.jacobian(vae.decoder, z_hat, chunk_size=256)
     c_ima, c_conf = metrics.ima_contrast(J), metrics.conformal_contrast(J)
     out.update(c_ima=float(c_ima.mean()), c_conf=float(c_conf.mean()))
     xs = x[:num_points]
@@ -166,7 +197,9 @@ def train_run(cfg: RunConfig, out: str | os.PathLike | None = None, *, progress:
     results = {"kind": "pyro_ima.train", "config": cfg.to_dict(), "versions": package_versions(),
                "elbo": elbos, "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
                "seconds": fit.seconds, "history": fit.history,
-               "metrics": evaluate(ds, vae, guide, mixing=ds.mixing, seed=cfg.seed)}
+               "metrics": evaluate(ds, vae, guide, mixing=ds.mixing, seed=cfg.seed,
+                                   num_points=cfg.eval_sizes()[0],
+                                   num_samples=cfg.eval_sizes()[1])}
     if out_dir is not None:
         atomic_torch_save(out_dir / "state.pt", {"config": cfg.to_dict(),
                                                  "model": vae.state_dict(),

@@ -12,6 +12,7 @@ BENCH = Path(__file__).parent.parent / "benchmarks"
 @pytest.mark.parametrize("script,args,needle", [
     ("bench_metrics.py", ["--points", "200", "--samples", "20"], "ratio library/baseline"),
     ("bench_replicas.py", ["--replicas", "3", "--steps", "5", "--repeats", "1"], "speed-up"),
+    ("bench_sprites.py", ["--n", "300", "--baseline-n", "100"], "max pixel difference 0"),
 ])
 def test_benchmark_runs(script, args, needle):
     r = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,

@@ -113,3 +113,15 @@ def test_moebius_with_unbounded_prior_is_refused(tmp_path, capsys):
     assert main(["train", *TINY, "--mixing", "moebius", "--prior", "gaussian",
                  "--out", str(tmp_path)]) == 2
     assert "bounded prior" in capsys.readouterr().err
+
+
+def test_sprites_from_the_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PYRO_IMA_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "sprites"
+    assert main(["train", "--mixing", "sprites", "--prior", "beta", "--dim", "4", "--n", "60",
+                 "--epochs", "1", "--batch-size", "8", "--gamma2", "1", "--quiet",
+                 "--eval-points", "4", "--eval-samples", "8", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert "mcc_pearson" in res["metrics"] and "c_ima" in res["metrics"]
+    assert main(["train", "--mixing", "sprites", "--prior", "uniform", "--dim", "4",
+                 "--out", str(out)]) == 2

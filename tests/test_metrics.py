@@ -62,9 +62,17 @@ def test_singular_jacobian_gives_inf_with_warning_not_nan():
         assert torch.isinf(c).all() and (c > 0).all()
 
 
-def test_non_square_jacobian_is_rejected():
+def test_non_square_jacobians():
+    with pytest.raises(ValueError, match="J: expected square or tall"):
+        metrics.ima_contrast(torch.zeros(4, 2, 3))
     with pytest.raises(ValueError, match="J: expected square"):
-        metrics.ima_contrast(torch.zeros(4, 3, 2))
+        metrics.row_contrast(torch.zeros(4, 3, 2))
+    # tall: orthogonal columns of any norms give 0, a shear > 0; equals the Gram form D(J^T J)
+    q = _orth(5)[:, :3] * torch.tensor([0.3, 1.0, 4.0], dtype=torch.float64)
+    assert abs(float(metrics.ima_contrast(q))) < 1e-12
+    assert float(metrics.conformal_contrast(q)) > 0.5
+    J = torch.randn(6, 3, dtype=torch.float64)
+    assert_close(metrics.ima_contrast(J), metrics.diagonality(J.T @ J), atol=1e-10)
 
 
 def test_moebius_contrasts_are_zero():

@@ -47,6 +47,9 @@ def psis_khat(log_weights: np.ndarray | torch.Tensor) -> np.ndarray:
     The one place that speaks to ArviZ: 0.x has ``arviz.psislw(lw)``; 1.x has
     ``arviz_stats.base.array_stats.psislw(-lw)`` (it smooths log-likelihood-like values, hence
     the sign).
+
+    Rows whose log-weights span less than 1e-3 nats (a perfect proposal, up to float rounding)
+    get ``-inf``; where ArviZ cannot fit the tail (or with fewer than 5 samples) ``NaN``.
     """
     lw = log_weights.detach().cpu().double().numpy() if torch.is_tensor(log_weights) \
         else np.asarray(log_weights, dtype=np.float64)
@@ -65,7 +68,7 @@ def psis_khat(log_weights: np.ndarray | torch.Tensor) -> np.ndarray:
     khat = np.asarray(khat, dtype=np.float64).reshape(shape)
     # Weights equal up to float rounding have no tail to fit: a perfect proposal.
     flat_range = (flat.max(-1) - flat.min(-1)).reshape(shape)
-    return np.where((flat_range < _CONSTANT_RANGE) | ~np.isfinite(khat), -np.inf, khat)
+    return np.where(flat_range < _CONSTANT_RANGE, -np.inf, khat)
 
 
 class LaplaceProposal(nn.Module):
@@ -114,8 +117,11 @@ def laplace_precision(vae: GaussianVAE, guide: AmortizedGaussianGuide,
         z = T(v)
         return vae.prior.log_prob(z) + T.log_abs_det_jacobian(v, z)
 
-    J = jacobian(decode, u, mode="fwd")  # (*, B, D, d)
-    prec_x = (1.0 / vae.obs_scale().square()).expand(J.shape[:-1])  # (*, B, D)
+    J = jacobian(decode, u, mode="fwd")  # (*, B, D, d), image outputs flattened
+    batch = u.shape[:-1]
+    with torch.no_grad():
+        event = vae.decoder(u[..., :1, :] if T is None else T(u[..., :1, :])).shape[len(batch):]
+    prec_x = (1.0 / vae.obs_scale().square()).expand(batch + event).reshape(batch + (-1,))
     JtSJ = J.transpose(-1, -2) @ (prec_x.unsqueeze(-1) * J)
     # Hessian of the (pointwise) log prior: one backward pass per latent direction.
     with torch.enable_grad():
@@ -143,9 +149,13 @@ class ISResult:
     num_samples: int
 
     def summary(self) -> dict:
+        """Means and medians; ``khat_median`` is over the points whose k-hat could be fitted
+        (``-inf``: equal weights, counts as below any threshold; ``None`` if none could)."""
         k = self.khat
+        finite = k[torch.isfinite(k)]
         return {"log_px": float(self.log_px.mean()), "elbo": float(self.elbo.mean()),
-                "ess_median": float(self.ess.median()), "khat_median": float(k.median()),
+                "ess_median": float(self.ess.median()),
+                "khat_median": float(finite.median()) if finite.numel() else None,
                 "khat_frac_above_0.7": float((k > 0.7).double().mean())}
 
 

@@ -21,7 +21,8 @@ def evaluate_replicas(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.
     value}``.
 
     Metrics (means over the points of ``x``): ``elbo``, ``log_px_is`` (Laplace proposal),
-    ``gap``, ``khat_median``, ``khat_frac_above_0_7``, ``c_ima`` and ``c_conf`` of the decoder at
+    ``gap``, ``khat_median`` (-1 counts a point whose weights were all equal),
+    ``khat_frac_above_0_7``, ``c_ima`` and ``c_conf`` of the decoder at
     the inferred latents, ``mcc_pearson``/``mcc_spearman`` (with ``z_true``), ``log_px_exact``
     (with a fixed known ``mixing``). Works for a single model too (one replica, index 0).
     ``x`` and ``z_true`` may be shared ``(N, ...)`` or per replica ``(R, N, ...)``.
@@ -38,7 +39,8 @@ def evaluate_replicas(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.
                                seed=seed + 1, khat_warn=1.0)
     per.update(elbo=elbo.mean(-1), log_px_is=is_res.log_px.mean(-1),
                gap=(is_res.log_px - elbo.double()).mean(-1),
-               khat_median=is_res.khat.median(-1).values,
+               khat_median=torch.where(torch.isneginf(is_res.khat), -1.0, is_res.khat)
+               .nanmedian(-1).values,
                khat_frac_above_0_7=(is_res.khat > 0.7).double().mean(-1))
     if mixing is not None and not vae.decoder_trainable:
         per["log_px_exact"] = exact_log_px(mixing, vae.prior, xr).mean(-1)

@@ -8,9 +8,16 @@ from .guides import (
                      IsotropicGuide,
                      support_bijection,
 )
-from .networks import MLP, BatchedLinear, SmoothLeakyReLU, smooth_leaky_relu
+from .networks import (
+                     MLP,
+                     BatchedLinear,
+                     ConvDecoder,
+                     ConvEncoder,
+                     SmoothLeakyReLU,
+                     smooth_leaky_relu,
+)
 from .vae import GaussianVAE, data_plates
 
 __all__ = ["GaussianVAE", "data_plates", "AmortizedGaussianGuide", "DiagonalGuide",
            "IsotropicGuide", "FullCovGuide", "GUIDES", "support_bijection", "MLP",
-           "BatchedLinear", "SmoothLeakyReLU", "smooth_leaky_relu"]
+           "BatchedLinear", "SmoothLeakyReLU", "smooth_leaky_relu", "ConvEncoder", "ConvDecoder"]

@@ -11,7 +11,8 @@ from torch import nn
 
 from .._utils import check_int, derive_seed, replica_seeds
 
-__all__ = ["SmoothLeakyReLU", "BatchedLinear", "MLP", "smooth_leaky_relu"]
+__all__ = ["SmoothLeakyReLU", "BatchedLinear", "MLP", "smooth_leaky_relu", "ConvEncoder",
+           "ConvDecoder"]
 
 # Stream key for network initialization (see _utils.derive_seed).
 _INIT_STREAM = 1
@@ -116,3 +117,65 @@ class MLP(nn.Module):
         for layer in self.layers[:-1]:
             x = self.activation(layer(x))
         return self.layers[-1](x)
+
+
+def _seeded(module: nn.Module, seed: int) -> nn.Module:
+    """Re-initialize ``module``'s layers (PyTorch's default scheme) from a private generator."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, _INIT_STREAM))
+        for m in module.modules():
+            if hasattr(m, "reset_parameters") and m is not module:
+                m.reset_parameters()
+    return module
+
+
+class ConvEncoder(nn.Module):
+    """Creates ``x (*, 3, 64, 64) -> (*, out)``: 4 conv layers (32 channels, kernel 4,
+    stride 2, ReLU) then 3 linear layers (256, 256, out), as in the paper's Sprites VAE.
+
+    Usable with every guide family: ``out = Guide.num_outputs(d)``.
+    """
+
+    def __init__(self, out_features: int, channels: int = 32, hidden: int = 256,
+                 in_channels: int = 3, seed: int = 0):
+        super().__init__()
+        check_int("out_features", out_features)
+        self.out_features, self.replicas = out_features, None
+        c = channels
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, c, 4, 2, 1), nn.ReLU(), nn.Conv2d(c, c, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(c, c, 4, 2, 1), nn.ReLU(), nn.Conv2d(c, c, 4, 2, 1), nn.ReLU())
+        self.mlp = nn.Sequential(nn.Linear(c * 16, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                 nn.ReLU(), nn.Linear(hidden, out_features))
+        _seeded(self, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[:-3]
+        h = self.conv(x.reshape((-1,) + x.shape[-3:]))  # (n, c, 4, 4)
+        return self.mlp(h.flatten(1)).reshape(batch + (self.out_features,))
+
+
+class ConvDecoder(nn.Module):
+    """Creates ``z (*, d) -> (*, 3, 64, 64)``: the mirror of :class:`ConvEncoder` (3 linear
+    layers, then 4 transposed convolutions; the output is the mean image, unconstrained)."""
+
+    def __init__(self, latent_dim: int, channels: int = 32, hidden: int = 256,
+                 out_channels: int = 3, seed: int = 0):
+        super().__init__()
+        check_int("latent_dim", latent_dim)
+        self.channels, self.replicas = channels, None
+        c = channels
+        self.mlp = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, c * 16), nn.ReLU())
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(c, c, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(c, c, 4, 2, 1),
+            nn.ReLU(), nn.ConvTranspose2d(c, c, 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(c, out_channels, 4, 2, 1))
+        _seeded(self, seed)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch = z.shape[:-1]
+        h = self.mlp(z.reshape(-1, z.shape[-1])).reshape(-1, self.channels, 4, 4)
+        out = self.deconv(h)
+        return out.reshape(batch + out.shape[1:])

@@ -1,0 +1,74 @@
+"""The Sprites renderer: deterministic, every factor recoverable, cached; conv nets fit guides."""
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.colors import rgb_to_hsv
+
+from pyro_ima import inference, models, priors, sprites
+
+
+def _images(n=400, seed=0):
+    f = sprites.sample_factors(n, *sprites.default_beta_params(seed), seed)
+    return f, sprites.render(f)
+
+
+def test_deterministic_per_seed():
+    f1, im1 = _images(seed=3)
+    f2, im2 = _images(seed=3)
+    _, im3 = _images(seed=4)
+    assert np.array_equal(f1, f2) and np.array_equal(im1, im2)
+    assert not np.array_equal(im1, im3)
+    assert im1.shape == (400, 3, 64, 64) and im1.dtype == np.uint8
+    a, b = sprites.default_beta_params(3)
+    assert ((a >= 2) & (a <= 15) & (b >= 2) & (b <= 15)).all()
+
+
+def test_every_factor_is_recoverable_from_the_images():
+    f, im = _images(n=600)
+    intensity = im.astype(np.float64).sum(1)  # (n, H, W)
+    mass = intensity.sum((1, 2))
+    cols = np.arange(64) + 0.5
+    cx = (intensity.sum(1) * cols).sum(1) / mass
+    cy = (intensity.sum(2) * cols).sum(1) / mass  # row index grows downwards
+    assert np.corrcoef(cx, f[:, 0])[0, 1] > 0.99
+    assert np.corrcoef(-cy, f[:, 1])[0, 1] > 0.99
+    area = (im.max(1) / 255.0).sum((1, 2))  # anti-aliased coloured area = side^2
+    assert np.corrcoef(np.sqrt(area), f[:, 2])[0, 1] > 0.99
+    # mean hue of the square's pixels (circular, hue 0 and 1 are the same colour)
+    rgb = im.transpose(0, 2, 3, 1).astype(np.float64) / 255
+    hsv = rgb_to_hsv(rgb.reshape(-1, 3)).reshape(rgb.shape)
+    on = hsv[..., 2] > 0.5
+    angle = np.array([np.angle(np.exp(2j * np.pi * hsv[i][..., 0][on[i]]).mean())
+                      for i in range(len(f))]) / (2 * np.pi) % 1
+    err = np.abs((angle - f[:, 3] + 0.5) % 1 - 0.5)
+    assert np.median(err) < 0.01
+
+
+def test_dataset_is_cached(tmp_path):
+    cfg = sprites.SpritesConfig(n=50, seed=1)
+    ds = sprites.sprites_dataset(cfg, cache_dir=tmp_path)
+    files = list(tmp_path.glob("sprites-*.npz"))
+    assert len(files) == 1
+    again = sprites.sprites_dataset(cfg, cache_dir=tmp_path)
+    assert torch.equal(ds.train.x, again.train.x)
+    assert ds.train.x.shape[1:] == (3, 64, 64) and 0 <= float(ds.train.x.min())
+    assert float(ds.train.x.max()) <= 1 and ds.train.z.shape[1] == 4
+    files[0].write_bytes(b"corrupt")  # a broken cache is re-rendered, not trusted
+    assert torch.equal(sprites.sprites_dataset(cfg, cache_dir=tmp_path).test.x, ds.test.x)
+
+
+@pytest.mark.parametrize("family", ["diagonal", "isotropic", "full"])
+def test_conv_vae_trains_with_every_guide_family(tmp_path, family):
+    ds = sprites.sprites_dataset(sprites.SpritesConfig(n=40, seed=0), cache_dir=tmp_path)
+    p0 = priors.beta(4)
+    vae = models.GaussianVAE(models.ConvDecoder(4, channels=8, hidden=32), p0, gamma2=1.0,
+                             obs_event_dim=3)
+    cls = models.GUIDES[family]
+    guide = cls(vae, models.ConvEncoder(cls.num_outputs(4), channels=8, hidden=32))
+    r = inference.fit(vae, guide, ds.train, ds.val, epochs=2, batch_size=7)
+    assert np.isfinite(r.best_val_elbo)
+    e = inference.elbo_per_point(vae, guide, ds.test.x)
+    assert e.shape == (len(ds.test),) and bool(torch.isfinite(e).all())
+    z = guide.point_estimate(ds.test.x)
+    assert bool(((z > 0) & (z < 1)).all())
