@@ -158,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         from .runs import check_out_dir
+        if args.command == "evaluate":
+            from pathlib import Path
+            if not Path(args.run_dir).is_dir():
+                raise ValueError(f"run_dir: expected an existing run directory, "
+                                 f"got {args.run_dir!r}")
         check_out_dir(args.out if args.command != "evaluate" else args.run_dir)
         commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo}
         return commands[args.command](args)

@@ -96,6 +96,8 @@ def test_evaluate_rejects_a_foreign_directory(tmp_path, capsys):
     assert "not a pyro-ima results file" in capsys.readouterr().err
     (tmp_path / "results.json").write_text("{corrupt")
     assert main(["evaluate", str(tmp_path)]) == 2
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    assert not (tmp_path / "missing").exists()
 
 
 @pytest.mark.parametrize("mixing,prior", [("smooth_leaky_mlp", "gaussian"),
