@@ -97,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test points for importance sampling (default %(default)s)")
     p.add_argument("--samples", type=_int_at_least(1), default=1000,
                    help="importance samples per point K (default %(default)s)")
+    from .experiments import STUDIES
+    p = sub.add_parser("experiment", help="run (or resume) one study of the paper",
+                       description="Run one study; writes OUT/results.csv, results.json, "
+                                   "summary.json and the figure (PNG + PDF). A killed run "
+                                   "resumes without redoing finished settings.")
+    p.add_argument("name", choices=sorted(STUDIES), help="the study")
+    p.add_argument("--quick", action="store_true", help="small sizes (< 2 min on 2 cores)")
+    p.add_argument("--out", default=None, help="output directory (default runs/NAME[-quick])")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p = sub.add_parser("demo", help="the main job: closed-form gap check + a Moebius VAE, "
                                     "printed and drawn")
     p.add_argument("--out", default="runs/demo", help="output directory (default %(default)s)")
@@ -147,6 +156,13 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_experiment(args) -> int:
+    from .experiments import run_study
+    meta = run_study(args.name, args.out, quick=args.quick, progress=not args.quiet)
+    print(f"{args.name}: {meta['claim']} ({meta['seconds']:.0f}s) -> {args.out}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(args.out, progress=not args.quiet)
@@ -157,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, one line on stderr)."""
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "experiment" and args.out is None:
+            args.out = f"runs/{args.name}{'-quick' if args.quick else ''}"
         from .runs import check_out_dir
         if args.command == "evaluate":
             from pathlib import Path
@@ -164,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"run_dir: expected an existing run directory, "
                                  f"got {args.run_dir!r}")
         check_out_dir(args.out if args.command != "evaluate" else args.run_dir)
-        commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo}
+        commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
+                    "experiment": _cmd_experiment}
         return commands[args.command](args)
     except (_OneLineError, ValueError) as e:
         print(f"pyro-ima: error: {e}", file=sys.stderr)

@@ -1,0 +1,38 @@
+"""One module per study; each returns a tidy table (one row per replica x metric)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from .._utils import atomic_write_json
+from . import self_consistency
+from .common import run_sweep, write_table
+
+__all__ = ["STUDIES", "run_study"]
+
+STUDIES = {"self_consistency": self_consistency}
+
+
+def run_study(name: str, out_dir: str | Path, *, quick: bool = False,
+              progress: bool = True) -> dict:
+    """Run (or resume) study ``name``; write results.csv/json, the figure and a summary."""
+    if name not in STUDIES:
+        raise ValueError(f"name: expected one of {sorted(STUDIES)}, got {name!r}")
+    from ..runs import check_out_dir, package_versions
+    mod = STUDIES[name]
+    cfg = mod.QUICK if quick else mod.FULL
+    out = check_out_dir(out_dir)
+    t = time.perf_counter()
+    rows = run_sweep(name, mod.settings(cfg), lambda s: mod.run_setting(s, cfg), out,
+                     progress=progress)
+    summary = mod.summarize(rows)
+    meta = {"kind": "pyro_ima.study", "study": name, "quick": quick,
+            "config": dataclasses.asdict(cfg), "versions": package_versions(),
+            "summary": summary, "claim": mod.claim(summary)}
+    write_table(rows, out, meta)
+    mod.plot(rows, summary, out / name)
+    meta["seconds"] = time.perf_counter() - t
+    atomic_write_json(out / "summary.json", meta)
+    return meta

@@ -1,0 +1,112 @@
+"""Shared machinery for studies: resumable sweeps, tidy tables, output files."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import data, models
+from .._utils import atomic_write_bytes, atomic_write_json
+
+__all__ = ["run_sweep", "write_table", "replica_datasets", "replica_vae", "setting_key",
+           "check_rows"]
+
+
+def setting_key(setting: dict) -> str:
+    """A stable file-name key for one setting of a sweep."""
+    text = json.dumps(setting, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_rows(rows: list[dict]) -> list[dict]:
+    """Refuse rows whose value is NaN/inf unless they are marked as failures."""
+    for r in rows:
+        v = r.get("value")
+        if isinstance(v, float) and not math.isfinite(v) and not r.get("failed"):
+            raise FloatingPointError(f"non-finite value in row {r}")
+    return rows
+
+
+def run_sweep(name: str, settings: Sequence[dict], run_setting: Callable[[dict], list[dict]],
+              out_dir: str | Path, *, progress: bool = True) -> list[dict]:
+    """Run every setting not already finished under ``out_dir/settings/``; return all rows.
+
+    Each finished setting's rows are written atomically to their own file, so a sweep killed at
+    any moment restarts where it stopped, without duplicated or partial rows.
+    """
+    done_dir = Path(out_dir) / "settings"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    bar = tqdm(settings, desc=name, disable=not progress, leave=False)
+    for setting in bar:
+        path = done_dir / f"{setting_key(setting)}.json"
+        if path.exists():
+            try:
+                saved = json.loads(path.read_text())
+                if saved.get("setting") == setting:
+                    rows.extend(saved["rows"])
+                    continue
+            except (OSError, json.JSONDecodeError, KeyError):
+                pass  # unreadable: recompute
+        bar.set_postfix_str(json.dumps(setting)[:60])
+        t = time.perf_counter()
+        new = check_rows(run_setting(setting))
+        atomic_write_json(path, {"setting": setting, "rows": new,
+                                 "seconds": time.perf_counter() - t})
+        rows.extend(new)
+    return rows
+
+
+def write_table(rows: list[dict], out_dir: str | Path, meta: dict) -> None:
+    """``results.csv`` (tidy) and ``results.json`` (rows + metadata), both atomic."""
+    out = Path(out_dir)
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+    atomic_write_json(out / "results.json", {**meta, "rows": rows})
+
+
+def replica_datasets(make_mixing: Callable[[int], object], prior, n: int, seeds: Sequence[int]):
+    """One dataset per seed (mixing and data both from that seed), stacked along a replica dim.
+
+    Returns ``(train_x, val_x, test_x, test_z, mixings)`` with ``(R, N, D)`` tensors.
+    """
+    sets, mixes = [], []
+    for s in seeds:
+        mix = make_mixing(s)
+        sets.append(data.make_dataset(mix, prior, n=n, seed=s))
+        mixes.append(mix)
+    stack = [torch.stack([getattr(ds, name).x for ds in sets]) for name in ("train", "val",
+                                                                            "test")]
+    return (*stack, torch.stack([ds.test.z for ds in sets]), mixes)
+
+
+def replica_vae(dim: int, prior, gamma2: torch.Tensor, seeds: Sequence[int], *,
+                family: str = "diagonal", hidden: int = 50, decoder=None,
+                init_scale: float | None = None, learn_noise: bool = False):
+    """A replica-batched VAE (MLP decoder unless one is given) and guide of ``family``."""
+    R = len(seeds)
+    dec = decoder if decoder is not None else models.MLP(dim, dim, (hidden, hidden), replicas=R,
+                                                         seed=list(seeds))
+    vae = models.GaussianVAE(dec, prior, gamma2, replicas=R, learn_noise=learn_noise,
+                             data_dim=dim)
+    cls = models.GUIDES[family]
+    enc = models.MLP(dim, cls.num_outputs(dim), (hidden, hidden), replicas=R,
+                     seed=[s + 10_000 for s in seeds])
+    return vae, cls(vae, enc, init_scale=init_scale)
+
+

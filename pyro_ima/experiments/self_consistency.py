@@ -1,0 +1,132 @@
+"""Study 1 (paper Fig. 2): self-consistency of the optimal encoder as gamma^2 grows.
+
+d = 3, Gaussian latents, SmoothLeakyMLP mixing (not IMA), learned MLP decoder and diagonal
+guide; for every gamma2 and seed: the encoder variance, ``||f(mu(x)) - x||``,
+``||mu(x) - g(x)||`` and eq. 12's predicted variance ``1/P_kk`` next to the learned one. Expected
+(Prop. 1): log-log slope -1 for the variance against gamma2, about -1/2 for the errors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats
+
+from .. import inference, mixings, priors
+from .common import replica_datasets, replica_vae
+
+__all__ = ["Config", "QUICK", "FULL", "run_setting", "settings", "summarize", "plot"]
+
+
+@dataclass(frozen=True)
+class Config:
+    gamma2s: tuple = (1e1, 1e2, 1e3, 1e4, 1e5)
+    seeds: int = 20
+    n: int = 60_000
+    epochs: int = 100
+    patience: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    eval_points: int = 1000
+
+
+FULL = Config()
+QUICK = Config(gamma2s=(1e1, 1e3, 1e5), seeds=3, n=3000, epochs=15, patience=5,
+               eval_points=300)
+
+
+def settings(cfg: Config) -> list[dict]:
+    """One setting per gamma2: its seeds train as one replica batch."""
+    return [{"gamma2": g, "seeds": list(range(cfg.seeds))} for g in cfg.gamma2s]
+
+
+def run_setting(setting: dict, cfg: Config) -> list[dict]:
+    d, g2, seeds = 3, float(setting["gamma2"]), setting["seeds"]
+    p0 = priors.gaussian(d)
+    tr, va, te, _, mixes = replica_datasets(lambda s: mixings.SmoothLeakyMLP(d, seed=s), p0,
+                                            cfg.n, seeds)
+    R = len(seeds)
+    vae, guide = replica_vae(d, p0, torch.full((R,), g2), seeds, init_scale=1 / math.sqrt(g2))
+    inference.fit(vae, guide, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                  patience=cfg.patience, seed=seeds)
+    x = te[:, : cfg.eval_points]
+    sc = inference.self_consistency(vae, guide, x)
+    with torch.no_grad():
+        loc = guide.loc(x)
+        P = inference.laplace_precision(vae, guide, loc)
+        pred = inference.predicted_variances(P, "diagonal")  # (R, N, d)
+        learned = guide.covariance(x).diagonal(dim1=-2, dim2=-1)
+        inv_err = torch.stack([torch.linalg.vector_norm(loc[r] - mixes[r].inv(x[r]), dim=-1)
+                               for r in range(R)])
+    rows = []
+    for r, s in enumerate(seeds):
+        values = {"encoder_variance": sc["encoder_variance"][r].mean(),
+                  "reconstruction_error": sc["reconstruction_error"][r].mean(),
+                  "inverse_error": inv_err[r].mean(),
+                  "predicted_variance": pred[r].mean(),
+                  "variance_ratio_learned_over_predicted": (learned[r] / pred[r]).mean()}
+        rows += [{"study": "self_consistency", "replica": r, "seed": s, "gamma2": g2,
+                  "metric": k, "value": float(v)} for k, v in values.items()]
+    return rows
+
+
+def _slope(rows, metric):
+    pts = [(math.log10(r["gamma2"]), math.log10(r["value"])) for r in rows
+           if r["metric"] == metric and r["value"] > 0]
+    x, y = np.array(pts).T
+    fit = stats.linregress(x, y)
+    half = stats.t.ppf(0.975, len(x) - 2) * fit.stderr
+    return {"slope": fit.slope, "ci95": [fit.slope - half, fit.slope + half], "n": len(x)}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Fitted log-log slopes against gamma2 with 95% intervals."""
+    return {m: _slope(rows, m) for m in ("encoder_variance", "reconstruction_error",
+                                         "inverse_error")}
+
+
+def plot(rows: list[dict], summary: dict, path_stem) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, metrics_ in zip(axes[:2], [("encoder_variance",),
+                                       ("reconstruction_error", "inverse_error")], strict=True):
+        for m in metrics_:
+            pts = [(r["gamma2"], r["value"]) for r in rows if r["metric"] == m]
+            g, v = np.array(pts).T
+            s = summary[m]
+            ax.loglog(g, v, "o", alpha=0.5, label=f"{m} (slope {s['slope']:.2f})")
+        ax.set_xlabel("gamma^2")
+        ax.legend(fontsize=8)
+    axes[0].set_title("encoder variance (expected slope -1)")
+    axes[1].set_title("self-consistency errors")
+    ax = axes[2]
+    pred = {(r["seed"], r["gamma2"]): r["value"] for r in rows
+            if r["metric"] == "predicted_variance"}
+    learned = {(r["seed"], r["gamma2"]): r["value"] for r in rows
+               if r["metric"] == "encoder_variance"}
+    keys = sorted(pred)
+    ax.loglog([pred[k] for k in keys], [learned[k] for k in keys], "o", alpha=0.6)
+    lim = [min(pred.values()), max(pred.values())]
+    ax.loglog(lim, lim, "k--", lw=1)
+    ax.set_xlabel("predicted variance 1/P_kk (eq. 12)")
+    ax.set_ylabel("learned variance")
+    ax.set_title("eq. 12: predicted vs learned")
+    fig.tight_layout()
+    for ext in ("png", "pdf"):
+        fig.savefig(f"{path_stem}.{ext}", dpi=100)
+    plt.close(fig)
+
+
+def claim(summary: dict) -> str:
+    s = summary["encoder_variance"]
+    held = s["ci95"][0] <= -1 <= s["ci95"][1] or abs(s["slope"] + 1) < 0.1
+    return (f"variance slope {s['slope']:.3f} (95% CI {s['ci95'][0]:.3f}..{s['ci95'][1]:.3f}); "
+            f"Prop. 1 expects -1: {'held' if held else 'not held'}")
+
+

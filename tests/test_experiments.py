@@ -1,0 +1,41 @@
+"""Studies: --quick runs give the qualitative result, write their files and resume."""
+
+import json
+
+import pytest
+
+from pyro_ima.cli import main
+
+
+@pytest.fixture(scope="module")
+def self_consistency_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sc")
+    assert main(["experiment", "self_consistency", "--quick", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def test_self_consistency_quick_slope_and_files(self_consistency_run):
+    out = self_consistency_run
+    summary = json.loads((out / "summary.json").read_text())
+    slope = summary["summary"]["encoder_variance"]["slope"]
+    assert -1.3 < slope < -0.8  # Prop. 1: -1
+    assert summary["summary"]["reconstruction_error"]["slope"] < 0
+    for f in ("results.csv", "results.json", "self_consistency.png", "self_consistency.pdf"):
+        assert (out / f).exists()
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert len(rows) == 3 * 3 * 5  # gamma2 x seeds x metrics
+    assert {"replica", "seed", "gamma2", "metric", "value"} <= set(rows[0])
+
+
+def test_rerun_resumes_without_recomputing(self_consistency_run, capsys):
+    out = self_consistency_run
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "settings").iterdir()}
+    assert main(["experiment", "self_consistency", "--quick", "--quiet", "--out", str(out)]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "settings").iterdir()}
+    assert before == after and len(before) == 3
+    assert "held" in capsys.readouterr().out
+
+
+def test_unknown_study_is_a_one_line_error(capsys):
+    assert main(["experiment", "nope"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
