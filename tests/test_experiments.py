@@ -39,3 +39,15 @@ def test_rerun_resumes_without_recomputing(self_consistency_run, capsys):
 def test_unknown_study_is_a_one_line_error(capsys):
     assert main(["experiment", "nope"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_moebius_quick_decoder_contrast_collapses_at_large_gamma(tmp_path):
+    out = tmp_path / "mo"
+    assert main(["experiment", "moebius", "--quick", "--quiet", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())["summary"]
+    c_ima = {float(g): v[0] for g, v in s["c_ima"].items()}
+    mcc = {float(g): v[0] for g, v in s["mcc"].items()}
+    # the robust part at this size: the learned decoder becomes (near-)IMA as gamma2 grows
+    assert c_ima[1e5] < 0.1 < c_ima[1e1]
+    assert all(0 <= v <= 1 for v in mcc.values())
+    assert (out / "moebius.png").exists() and (out / "moebius.pdf").exists()

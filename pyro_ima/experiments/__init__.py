@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 
 from .._utils import atomic_write_json
-from . import self_consistency
+from . import moebius, self_consistency
 from .common import run_sweep, write_table
 
 __all__ = ["STUDIES", "run_study"]
 
-STUDIES = {"self_consistency": self_consistency}
+STUDIES = {"self_consistency": self_consistency, "moebius": moebius}
 
 
 def run_study(name: str, out_dir: str | Path, *, quick: bool = False,
