@@ -51,3 +51,18 @@ def test_moebius_quick_decoder_contrast_collapses_at_large_gamma(tmp_path):
     assert c_ima[1e5] < 0.1 < c_ima[1e1]
     assert all(0 <= v <= 1 for v in mcc.values())
     assert (out / "moebius.png").exists() and (out / "moebius.pdf").exists()
+
+
+def test_elbo_vs_lima_quick_gap_tends_to_c_ima(tmp_path):
+    out = tmp_path / "el"
+    assert main(["experiment", "elbo_vs_lima", "--quick", "--quiet", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())["summary"]
+    tri, orth = s["triangular"], s["orthogonal"]
+    top = max(tri["approximation_gap"], key=float)
+    c_ima = tri["c_ima"][top]
+    assert c_ima > 1.0
+    assert abs(tri["approximation_gap"][top] / c_ima - 1) < 0.1  # log p - ELBO* -> C_IMA
+    assert abs(tri["elbo_star"][top] - tri["l_ima"][top]) < 0.1  # ELBO* -> L_IMA
+    assert abs(orth["approximation_gap"][top]) < 0.05  # IMA class: the gap closes
+    low = min(tri["approximation_gap"], key=float)
+    assert tri["approximation_gap"][low] < tri["approximation_gap"][top]
