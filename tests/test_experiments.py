@@ -66,3 +66,12 @@ def test_elbo_vs_lima_quick_gap_tends_to_c_ima(tmp_path):
     assert abs(orth["approximation_gap"][top]) < 0.05  # IMA class: the gap closes
     low = min(tri["approximation_gap"], key=float)
     assert tri["approximation_gap"][low] < tri["approximation_gap"][top]
+
+
+def test_linear_contrast_quick_mcc_falls_outside_the_ima_class(tmp_path):
+    out = tmp_path / "lc"
+    assert main(["experiment", "linear_contrast", "--quick", "--quiet", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())["summary"]["per_contrast"]
+    ima, non_ima = s["0.0"], s["6.0"]
+    assert abs(ima["mixing_c_ima"]) < 1e-4 and non_ima["mixing_c_ima"] > 5
+    assert ima["mcc"] > non_ima["mcc"] + 0.1
