@@ -75,3 +75,24 @@ def test_linear_contrast_quick_mcc_falls_outside_the_ima_class(tmp_path):
     ima, non_ima = s["0.0"], s["6.0"]
     assert abs(ima["mixing_c_ima"]) < 1e-4 and non_ima["mixing_c_ima"] > 5
     assert ima["mcc"] > non_ima["mcc"] + 0.1
+
+
+def test_guide_families_quick_gaps_match_each_familys_limit(tmp_path):
+    out = tmp_path / "gf"
+    assert main(["experiment", "guide_families", "--quick", "--quiet", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())["summary"]
+    fixed = s["fixed"]
+
+    def at_top(key, metric):
+        m = fixed[key][metric]
+        return m[max(m, key=float)]
+
+    # the conformal conjecture: the isotropic guide pays c_conf, the diagonal one c_IMA
+    iso = at_top("orthogonal_mlp/isotropic", "approximation_gap")
+    assert at_top("orthogonal_mlp/isotropic", "predicted_limit") > 1.0
+    assert abs(iso / at_top("orthogonal_mlp/isotropic", "predicted_limit") - 1) < 0.1
+    for key in ("orthogonal_mlp/diagonal", "moebius/isotropic", "moebius/diagonal",
+                "smooth_leaky_mlp/full", "orthogonal_mlp/full", "moebius/full"):
+        assert abs(at_top(key, "approximation_gap")) < 0.05, key
+    assert set(s["learned_mcc"]) == {f"{m}/{f}" for m in ("moebius", "orthogonal_mlp")
+                                     for f in ("diagonal", "isotropic", "full")}

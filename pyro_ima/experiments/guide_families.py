@@ -1,0 +1,174 @@
+"""Study 6 (new): the gap of each guide family against its predicted limit, and MCC by family.
+
+Part A, fixed decoders (SmoothLeakyMLP: not IMA; OrthogonalMLP: IMA, not conformal; Moebius:
+conformal), Gaussian latents (scale 0.2 around the origin, away from the Moebius pole), d = 2,
+gamma2 on a grid: for each family, ELBO* (per-point optimum, started at the family's fit to the
+Laplace posterior centred at the true inverse) and the IS log p, so the approximation gap
+``log p - ELBO*`` against the family's predicted limit: C_IMA (diagonal), C_conf (isotropic:
+the paper's conformal conjecture), 0 (full).
+
+Part B, learned decoders: MCC by guide family on a conformal mixing (Moebius) and on an
+IMA-but-not-conformal one (OrthogonalMLP with unequal column scales), gamma2 = 1e4.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import data, inference, metrics, mixings, models, priors
+from .common import replica_vae
+
+__all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
+
+FAMILIES = ("diagonal", "isotropic", "full")
+PRIOR_SCALE = 0.2
+
+
+def _decoder(name: str, d: int):
+    if name == "smooth_leaky_mlp":
+        return mixings.SmoothLeakyMLP(d, seed=0)
+    if name == "orthogonal_mlp":
+        return mixings.OrthogonalMLP(d, seed=0, scales=torch.logspace(-0.5, 0.5, d))
+    return mixings.Moebius(d, seed=0, alpha=4.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    decoders: tuple = ("smooth_leaky_mlp", "orthogonal_mlp", "moebius")
+    gamma2s: tuple = (1e1, 1e2, 1e3, 1e4, 1e5)
+    points: int = 1000
+    refine_steps: int = 300
+    is_samples: int = 1000
+    learned_mixings: tuple = ("moebius", "orthogonal_mlp")
+    learned_gamma2: float = 1e4
+    seeds: int = 10
+    n: int = 60_000
+    epochs: int = 100
+    patience: int = 10
+    lr: float = 1e-3
+
+
+FULL = Config()
+QUICK = Config(gamma2s=(1e2, 1e4), points=100, refine_steps=100, is_samples=300, seeds=2,
+               n=2000, epochs=8, patience=4)
+
+
+def settings(cfg: Config) -> list[dict]:
+    fixed = [{"part": "fixed", "decoder": n, "family": f} for n in cfg.decoders
+             for f in FAMILIES]
+    learned = [{"part": "learned", "mixing": m, "family": f} for m in cfg.learned_mixings
+               for f in FAMILIES]
+    return fixed + learned
+
+
+def _fixed(setting: dict, cfg: Config) -> list[dict]:
+    d = 2
+    f = _decoder(setting["decoder"], d)
+    p0 = priors.gaussian(d, scale=PRIOR_SCALE)
+    R = len(cfg.gamma2s)
+    vae = models.GaussianVAE(f, p0, torch.tensor(cfg.gamma2s), replicas=R)
+    cls = models.GUIDES[setting["family"]]
+    guide = cls(vae, models.MLP(d, cls.num_outputs(d), (8,), replicas=R, seed=list(range(R))))
+    guide.fix_loc(f.inv)
+    x = data.make_dataset(f, p0, n=max(10, 10 * cfg.points), seed=0).train.x[: cfg.points]
+    elbo_star = inference.refine_elbo(vae, guide, x, steps=cfg.refine_steps, seed=1,
+                                      eval_particles=256)
+    is_px = inference.importance_log_px(vae, guide, x, num_samples=cfg.is_samples,
+                                        proposal="laplace", seed=2, khat_warn=1.0)
+    with torch.no_grad():
+        J = metrics.jacobian(f, f.inv(x))
+    limits = {"diagonal": metrics.ima_contrast(J).mean(),
+              "isotropic": metrics.conformal_contrast(J).mean(),
+              "full": torch.zeros(())}
+    rows = []
+    for r, g in enumerate(cfg.gamma2s):
+        values = {"approximation_gap": (is_px.log_px[r] - elbo_star[r]).mean(),
+                  "predicted_limit": limits[setting["family"]],
+                  "c_ima": limits["diagonal"], "c_conf": limits["isotropic"]}
+        rows += [{"study": "guide_families", "part": "fixed", "decoder": setting["decoder"],
+                  "family": setting["family"], "replica": r, "seed": 0, "gamma2": float(g),
+                  "metric": k, "value": float(v)} for k, v in values.items()]
+    return rows
+
+
+def _learned(setting: dict, cfg: Config) -> list[dict]:
+    d = 3
+    f = _decoder(setting["mixing"], d)
+    p0 = priors.gaussian(d, scale=PRIOR_SCALE)
+    seeds = list(range(cfg.seeds))
+    ds = data.make_dataset(f, p0, n=cfg.n, seed=0)
+    g2 = cfg.learned_gamma2
+    vae, guide = replica_vae(d, p0, torch.full((len(seeds),), g2), seeds,
+                             family=setting["family"], init_scale=1 / math.sqrt(g2))
+    inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.epochs, lr=cfg.lr,
+                  patience=cfg.patience, seed=seeds)
+    with torch.no_grad():
+        z_hat = guide.point_estimate(ds.test.x.expand((len(seeds),) + ds.test.x.shape))
+    rows = []
+    for r, s in enumerate(seeds):
+        rows.append({"study": "guide_families", "part": "learned", "mixing": setting["mixing"],
+                     "family": setting["family"], "replica": r, "seed": s, "gamma2": g2,
+                     "metric": "mcc", "value": metrics.mcc(ds.test.z, z_hat[r]).score})
+    return rows
+
+
+def run_setting(setting: dict, cfg: Config) -> list[dict]:
+    return _fixed(setting, cfg) if setting["part"] == "fixed" else _learned(setting, cfg)
+
+
+def summarize(rows: list[dict]) -> dict:
+    fixed: dict = {}
+    for r in rows:
+        if r["part"] == "fixed":
+            key = f"{r['decoder']}/{r['family']}"
+            fixed.setdefault(key, {}).setdefault(r["metric"], {})[r["gamma2"]] = r["value"]
+    learned: dict = {}
+    for r in rows:
+        if r["part"] == "learned":
+            learned.setdefault(f"{r['mixing']}/{r['family']}", []).append(r["value"])
+    return {"fixed": fixed,
+            "learned_mcc": {k: float(np.mean(v)) for k, v in sorted(learned.items())}}
+
+
+def claim(summary: dict) -> str:
+    parts = []
+    for key, m in summary["fixed"].items():
+        g = max(m["approximation_gap"])
+        parts.append(f"{key}: gap {m['approximation_gap'][g]:.3f} vs limit "
+                     f"{m['predicted_limit'][g]:.3f}")
+    return "; ".join(parts)
+
+
+def plot(rows: list[dict], summary: dict, path_stem) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    decoders = sorted({k.split("/")[0] for k in summary["fixed"]})
+    fig, axes = plt.subplots(1, len(decoders) + 1, figsize=(4 * (len(decoders) + 1), 3.6))
+    for ax, dec in zip(axes, decoders, strict=False):
+        for fam, color in zip(FAMILIES, ("C0", "C1", "C2"), strict=True):
+            m = summary["fixed"].get(f"{dec}/{fam}")
+            if m is None:
+                continue
+            g = list(m["approximation_gap"])
+            ax.semilogx(g, list(m["approximation_gap"].values()), "o-", color=color, label=fam)
+            ax.semilogx(g, list(m["predicted_limit"].values()), "--", color=color)
+        ax.set_title(f"{dec} (dashed: predicted limit)")
+        ax.set_xlabel("gamma^2")
+        ax.set_ylabel("log p - ELBO*")
+        ax.legend(fontsize=8)
+    ax = axes[-1]
+    lm = summary["learned_mcc"]
+    ax.bar(range(len(lm)), list(lm.values()))
+    ax.set_xticks(range(len(lm)), [k.replace("/", "\\n") for k in lm], fontsize=7)
+    ax.set_ylabel("MCC")
+    ax.set_title("learned decoders: MCC by guide family")
+    fig.tight_layout()
+    for ext in ("png", "pdf"):
+        fig.savefig(f"{path_stem}.{ext}", dpi=100)
+    plt.close(fig)
