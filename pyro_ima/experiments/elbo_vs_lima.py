@@ -50,7 +50,7 @@ def settings(cfg: Config) -> list[dict]:
             for m in MIXES]
 
 
-def run_setting(setting: dict, cfg: Config) -> list[dict]:
+def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
     d = 2
     mix = MIXES[setting["mixing"]]()
     p0 = priors.gaussian(d)
@@ -66,12 +66,13 @@ def run_setting(setting: dict, cfg: Config) -> list[dict]:
     guide = models.DiagonalGuide(vae, enc, init_scale=None)
     guide.fix_loc(mix.inv)
     fit_seeds = [1000 * i + s for i, s in enumerate(seeds)]
+    # warm-up: the mean is pinned to the true inverse, only the scales train
     inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.warmup_epochs, lr=cfg.lr,
-                  batch_size=cfg.batch_size, seed=fit_seeds)  # warm-up: scales only
+                  batch_size=cfg.batch_size, seed=fit_seeds, progress=progress)
     guide.fix_loc(None)
     inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.epochs - cfg.warmup_epochs,
                   lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience,
-                  seed=[s + 1 for s in fit_seeds])
+                  seed=[s + 1 for s in fit_seeds], progress=progress)
     x = ds.test.x[: cfg.eval_points]
     elbo = inference.elbo_per_point(vae, guide, x, num_particles=64, seed=1).mean(-1)
     # ELBO* and the Laplace IS proposal are centred at the posterior mode, which for the known

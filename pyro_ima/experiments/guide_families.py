@@ -95,7 +95,7 @@ def _fixed(setting: dict, cfg: Config) -> list[dict]:
     return rows
 
 
-def _learned(setting: dict, cfg: Config) -> list[dict]:
+def _learned(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
     d = 3
     f = _decoder(setting["mixing"], d)
     p0 = priors.gaussian(d, scale=PRIOR_SCALE)
@@ -105,7 +105,7 @@ def _learned(setting: dict, cfg: Config) -> list[dict]:
     vae, guide = replica_vae(d, p0, torch.full((len(seeds),), g2), seeds,
                              family=setting["family"], init_scale=1 / math.sqrt(g2))
     inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.epochs, lr=cfg.lr,
-                  patience=cfg.patience, seed=seeds)
+                  patience=cfg.patience, seed=seeds, progress=progress)
     with torch.no_grad():
         z_hat = guide.point_estimate(ds.test.x.expand((len(seeds),) + ds.test.x.shape))
     rows = []
@@ -116,8 +116,9 @@ def _learned(setting: dict, cfg: Config) -> list[dict]:
     return rows
 
 
-def run_setting(setting: dict, cfg: Config) -> list[dict]:
-    return _fixed(setting, cfg) if setting["part"] == "fixed" else _learned(setting, cfg)
+def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
+    return (_fixed(setting, cfg) if setting["part"] == "fixed"
+            else _learned(setting, cfg, progress))
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -47,7 +47,7 @@ def _mixing(c: float, seed: int):
                              mixings.VolumePreservingLinear.with_contrast(c, 3, seed=seed)])
 
 
-def run_setting(setting: dict, cfg: Config) -> list[dict]:
+def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
     d, c, seeds = 3, float(setting["contrast"]), setting["seeds"]
     p0 = priors.uniform(d)
     tr, va, te, tz, mixes = replica_datasets(lambda s: _mixing(c, s), p0, cfg.n, seeds)
@@ -55,7 +55,7 @@ def run_setting(setting: dict, cfg: Config) -> list[dict]:
     vae, guide = replica_vae(d, p0, torch.full((R,), cfg.gamma2), seeds,
                              init_scale=1 / math.sqrt(cfg.gamma2))
     inference.fit(vae, guide, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                  patience=cfg.patience, seed=seeds)
+                  patience=cfg.patience, seed=seeds, progress=progress)
     with torch.no_grad():
         z_hat = guide.point_estimate(te)
         c_dec = metrics.ima_contrast(metrics.jacobian(vae.decoder, z_hat)).mean(-1)

@@ -39,7 +39,7 @@ def settings(cfg: Config) -> list[dict]:
     return [{"gamma2": g, "seeds": list(range(cfg.seeds))} for g in cfg.gamma2s]
 
 
-def run_setting(setting: dict, cfg: Config) -> list[dict]:
+def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
     d, g2, seeds = 3, float(setting["gamma2"]), setting["seeds"]
     p0 = priors.uniform(d)
     tr, va, te, tz, _ = replica_datasets(lambda s: mixings.Moebius(d, seed=s), p0, cfg.n, seeds)
@@ -47,7 +47,7 @@ def run_setting(setting: dict, cfg: Config) -> list[dict]:
     vae, guide = replica_vae(d, p0, torch.full((R,), g2), seeds,
                              init_scale=min(0.1, 1 / math.sqrt(g2)))
     inference.fit(vae, guide, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                  patience=cfg.patience, seed=seeds)
+                  patience=cfg.patience, seed=seeds, progress=progress)
     with torch.no_grad():
         z_hat = guide.point_estimate(te)  # (R, N, d)
         J = metrics.jacobian(vae.decoder, z_hat)

@@ -43,7 +43,7 @@ def settings(cfg: Config) -> list[dict]:
     return [{"gamma2": g, "seeds": list(range(cfg.seeds))} for g in cfg.gamma2s]
 
 
-def run_setting(setting: dict, cfg: Config) -> list[dict]:
+def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
     d, g2, seeds = 3, float(setting["gamma2"]), setting["seeds"]
     p0 = priors.gaussian(d)
     tr, va, te, _, mixes = replica_datasets(lambda s: mixings.SmoothLeakyMLP(d, seed=s), p0,
@@ -51,7 +51,7 @@ def run_setting(setting: dict, cfg: Config) -> list[dict]:
     R = len(seeds)
     vae, guide = replica_vae(d, p0, torch.full((R,), g2), seeds, init_scale=1 / math.sqrt(g2))
     inference.fit(vae, guide, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                  patience=cfg.patience, seed=seeds)
+                  patience=cfg.patience, seed=seeds, progress=progress)
     x = te[:, : cfg.eval_points]
     sc = inference.self_consistency(vae, guide, x)
     with torch.no_grad():
