@@ -5,12 +5,51 @@ from __future__ import annotations
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer import Trace_ELBO
 
 from .._utils import check_int
 from ..models.guides import AmortizedGaussianGuide
 from ..models.vae import GaussianVAE
 
-__all__ = ["log_weights", "elbo_per_point", "as_replica_batch", "standard_noise"]
+__all__ = ["log_weights", "elbo_per_point", "as_replica_batch", "standard_noise",
+           "ReplicaTraceELBO"]
+
+
+class ReplicaTraceELBO(Trace_ELBO):
+    """``Trace_ELBO`` that also keeps each replica's ELBO estimate of the last step.
+
+    ``last_replica_elbo`` (``(R,)``, or a 0-dim tensor without replicas) lets training tell
+    which replica produced a non-finite loss, so one replica's fault never rolls back another.
+    The loss and gradients are Pyro's own.
+    """
+
+    def __init__(self, replicas: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.replicas = replicas
+        self.last_replica_elbo = None
+
+    def _per_replica(self, lp: torch.Tensor) -> torch.Tensor:
+        if self.replicas is None:
+            return lp.sum()
+        lp = lp.sum(-1) if lp.dim() >= 1 else lp  # over the data plate
+        return lp.reshape(-1, lp.shape[-1]).sum(0).expand(self.replicas) if lp.dim() else \
+            lp.expand(self.replicas) / self.replicas
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        out = super()._differentiable_loss_particle(model_trace, guide_trace)
+        with torch.no_grad():
+            for tr, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+                for site in tr.nodes.values():
+                    if site["type"] == "sample":
+                        self._acc = self._acc + sign * self._per_replica(site["log_prob"]) \
+                            / self.num_particles
+        return out
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        self._acc = torch.zeros(() if self.replicas is None else (self.replicas,))
+        loss = super().loss_and_grads(model, guide, *args, **kwargs)
+        self.last_replica_elbo = self._acc
+        return loss
 
 
 def as_replica_batch(vae: GaussianVAE, x: torch.Tensor) -> torch.Tensor:
