@@ -187,6 +187,10 @@ def train_run(cfg: RunConfig, out: str | os.PathLike | None = None, *, progress:
     fit = inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.epochs,
                         batch_size=cfg.batch_size, lr=cfg.lr, patience=cfg.patience,
                         seed=cfg.seed, progress=progress)
+    if fit.failed:
+        raise FloatingPointError(f"training failed after {len(fit.faults)} numerical faults "
+                                 f"(first at epoch {fit.faults[0]['epoch']}); try a smaller "
+                                 f"--lr or --init-scale")
     elbos = {}
     for name in ("train", "val", "test"):
         split = getattr(ds, name)
@@ -196,7 +200,7 @@ def train_run(cfg: RunConfig, out: str | os.PathLike | None = None, *, progress:
         elbos[name] = float(e.mean())
     results = {"kind": "pyro_ima.train", "config": cfg.to_dict(), "versions": package_versions(),
                "elbo": elbos, "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
-               "seconds": fit.seconds, "history": fit.history,
+               "seconds": fit.seconds, "history": fit.history, "faults": fit.faults,
                "metrics": evaluate(ds, vae, guide, mixing=ds.mixing, seed=cfg.seed,
                                    num_points=cfg.eval_sizes()[0],
                                    num_samples=cfg.eval_sizes()[1])}
