@@ -21,6 +21,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_torch_save",
+    "short_reason",
 ]
 
 
@@ -75,6 +76,12 @@ def check_finite_tensor(name: str, x: torch.Tensor) -> None:
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name}: expected finite values, found {bad} NaN/inf entries")
+
+
+def short_reason(e: BaseException, limit: int = 80) -> str:
+    """The first line of an exception's message, at most ``limit`` characters."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

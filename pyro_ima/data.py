@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._utils import check_int, derive_seed
+from ._utils import check_int, derive_seed, short_reason
 
 __all__ = ["Split", "Dataset", "make_dataset", "save_dataset", "load_dataset"]
 
@@ -99,7 +99,8 @@ def load_dataset(path, *, mixing=None, prior=None) -> Dataset:
     try:
         payload = torch.load(path, weights_only=True)
     except Exception as e:  # torch raises several types for corrupt files
-        raise ValueError(f"path: cannot read a dataset from {str(path)!r} ({e})") from None
+        raise ValueError(f"path: cannot read a dataset from {str(path)!r} "
+                         f"({short_reason(e)})") from None
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"path: {str(path)!r} is not a pyro-ima dataset file")
     splits = []

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, data, inference, metrics, mixings, models, priors, sprites
-from ._utils import atomic_torch_save, atomic_write_json, check_int, check_positive
+from ._utils import atomic_torch_save, atomic_write_json, check_int, check_positive, short_reason
 
 __all__ = ["RunConfig", "build", "train_run", "evaluate", "load_run", "package_versions",
            "check_out_dir", "load_results"]
@@ -238,6 +238,7 @@ def load_run(run_dir: str | os.PathLike):
         state = torch.load(run_dir / "state.pt", weights_only=True)
         vae.load_state_dict(state["model"])
         guide.load_state_dict(state["guide"])
-    except (OSError, RuntimeError, KeyError, EOFError) as e:
-        raise ValueError(f"state: cannot load {str(run_dir / 'state.pt')!r} ({e})") from None
+    except Exception as e:  # torch.load raises many types for corrupt or foreign files
+        raise ValueError(f"state: cannot load {str(run_dir / 'state.pt')!r} "
+                         f"({short_reason(e)})") from None
     return results, cfg, ds, vae, guide

@@ -7,7 +7,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
-from .._utils import check_int
+from .._utils import check_finite_tensor, check_int
 from ..models.guides import AmortizedGaussianGuide
 from ..models.vae import GaussianVAE
 
@@ -54,8 +54,7 @@ class ReplicaTraceELBO(Trace_ELBO):
 
 def as_replica_batch(vae: GaussianVAE, x: torch.Tensor) -> torch.Tensor:
     """``x`` shaped for ``vae``: a shared ``(N, ...)`` dataset is expanded to ``(R, N, ...)``."""
-    if not torch.is_tensor(x):
-        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    check_finite_tensor("x", x)
     if vae.replicas is not None and x.dim() == vae.obs_event_dim + 1:
         x = x.expand((vae.replicas,) + x.shape)
     vae.batch_size_of(x)  # validates the shape

@@ -146,6 +146,22 @@ class GaussianVAE(nn.Module):
                              f"got shape {tuple(x.shape)}")
         return x.shape[-1 - self.obs_event_dim]
 
+    def check_data(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless the decoder maps this prior's latents to ``x``'s shape."""
+        rep = () if self.replicas is None else (self.replicas,)
+        z = torch.zeros(rep + (1, self.latent_dim))
+        try:
+            with torch.no_grad():
+                out = self.decoder(z)
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise ValueError(f"decoder: cannot map latents of the prior's size d = "
+                             f"{self.latent_dim} ({e})") from None
+        want = tuple(x.shape[x.dim() - self.obs_event_dim:])
+        got = tuple(out.shape[out.dim() - self.obs_event_dim:])
+        if want != got:
+            raise ValueError(f"decoder: outputs observations of shape {got}, but the data "
+                             f"has shape {want} per point")
+
     def latent_scale(self):
         """The ``poutine.scale`` context for the latent site (beta), shared with guides."""
         if self.beta.dim() == 0 and float(self.beta) == 1.0:
