@@ -102,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run one study; writes OUT/results.csv, results.json, "
                                    "summary.json and the figure (PNG + PDF). A killed run "
                                    "resumes without redoing finished settings.")
-    p.add_argument("name", choices=sorted(STUDIES), help="the study")
+    p.add_argument("name", nargs="?", choices=sorted(STUDIES), help="the study")
     p.add_argument("--quick", action="store_true", help="small sizes (< 2 min on 2 cores)")
+    p.add_argument("--from", dest="from_file", default=None, metavar="RESULTS_JSON",
+                   help="re-run the study (same name and size) that wrote this results.json")
     p.add_argument("--out", default=None, help="output directory (default runs/NAME[-quick])")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p = sub.add_parser("demo", help="the main job: closed-form gap check + a Moebius VAE, "
@@ -156,6 +158,24 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _resolve_study(args) -> None:
+    """``experiment``: the study's name and size from the arguments or from ``--from``."""
+    if args.from_file is not None:
+        import json
+        try:
+            with open(args.from_file) as f:
+                obj = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"from: cannot read {args.from_file!r} as JSON ({e})") from None
+        if not isinstance(obj, dict) or obj.get("kind") != "pyro_ima.study":
+            raise ValueError(f"from: {args.from_file!r} is not a pyro-ima study results file")
+        args.name, args.quick = obj.get("study"), bool(obj.get("quick"))
+    if args.name is None:
+        raise ValueError("name: expected a study name or --from RESULTS_JSON")
+    if args.out is None:
+        args.out = f"runs/{args.name}{'-quick' if args.quick else ''}"
+
+
 def _cmd_experiment(args) -> int:
     from .experiments import run_study
     meta = run_study(args.name, args.out, quick=args.quick, progress=not args.quiet)
@@ -173,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, one line on stderr)."""
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "experiment" and args.out is None:
-            args.out = f"runs/{args.name}{'-quick' if args.quick else ''}"
+        if args.command == "experiment":
+            _resolve_study(args)
         from .runs import check_out_dir
         if args.command == "evaluate":
             from pathlib import Path

@@ -96,3 +96,15 @@ def test_guide_families_quick_gaps_match_each_familys_limit(tmp_path):
         assert abs(at_top(key, "approximation_gap")) < 0.05, key
     assert set(s["learned_mcc"]) == {f"{m}/{f}" for m in ("moebius", "orthogonal_mlp")
                                      for f in ("diagonal", "isotropic", "full")}
+
+
+def test_a_study_reruns_from_its_results_file(self_consistency_run, tmp_path):
+    src = self_consistency_run / "results.json"
+    out = tmp_path / "again"
+    assert main(["experiment", "--from", str(src), "--quiet", "--out", str(out)]) == 0
+    a = json.loads(src.read_text())
+    b = json.loads((out / "results.json").read_text())
+    assert b["study"] == "self_consistency" and b["quick"] is True
+    assert a["rows"] == b["rows"]  # same seeds and sizes: identical numbers
+    assert all(r["failed"] is False for r in b["rows"])
+    assert main(["experiment", "--from", str(tmp_path / "nothing.json")]) == 2

@@ -18,7 +18,7 @@ from .. import data, models
 from .._utils import atomic_write_bytes, atomic_write_json
 
 __all__ = ["run_sweep", "write_table", "replica_datasets", "replica_vae", "setting_key",
-           "check_rows"]
+           "check_rows", "mark_failed"]
 
 
 def setting_key(setting: dict) -> str:
@@ -33,6 +33,15 @@ def check_rows(rows: list[dict]) -> list[dict]:
         v = r.get("value")
         if isinstance(v, float) and not math.isfinite(v) and not r.get("failed"):
             raise FloatingPointError(f"non-finite value in row {r}")
+    return rows
+
+
+def mark_failed(rows: list[dict], failed) -> list[dict]:
+    """Mark the rows of replicas whose training failed (``FitResult.failed``): their numbers
+    come from their last good state and must not be read as results."""
+    failed = [failed] if isinstance(failed, bool) else list(failed)
+    for r in rows:
+        r["failed"] = bool(failed[r["replica"]]) if r["replica"] < len(failed) else False
     return rows
 
 

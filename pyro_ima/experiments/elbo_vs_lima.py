@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .. import data, inference, metrics, mixings, models, priors
+from .common import mark_failed
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -67,10 +68,10 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
     guide.fix_loc(mix.inv)
     fit_seeds = [1000 * i + s for i, s in enumerate(seeds)]
     # warm-up: the mean is pinned to the true inverse, only the scales train
-    inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.warmup_epochs, lr=cfg.lr,
+    warm = inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.warmup_epochs, lr=cfg.lr,
                   batch_size=cfg.batch_size, seed=fit_seeds, progress=progress)
     guide.fix_loc(None)
-    inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.epochs - cfg.warmup_epochs,
+    fit = inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.epochs - cfg.warmup_epochs,
                   lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience,
                   seed=[s + 1 for s in fit_seeds], progress=progress)
     x = ds.test.x[: cfg.eval_points]
@@ -95,7 +96,7 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
         rows += [{"study": "elbo_vs_lima", "mixing": setting["mixing"], "replica": r,
                   "seed": s, "gamma2": float(g), "metric": k, "value": float(v)}
                  for k, v in values.items()]
-    return rows
+    return mark_failed(rows, [a or b for a, b in zip(warm.failed, fit.failed, strict=True)])
 
 
 def _mean(rows, mixing, metric):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import data, inference, metrics, mixings, models, priors
-from .common import replica_vae
+from .common import mark_failed, replica_vae
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -104,7 +104,7 @@ def _learned(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
     g2 = cfg.learned_gamma2
     vae, guide = replica_vae(d, p0, torch.full((len(seeds),), g2), seeds,
                              family=setting["family"], init_scale=1 / math.sqrt(g2))
-    inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.epochs, lr=cfg.lr,
+    fit = inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.epochs, lr=cfg.lr,
                   patience=cfg.patience, seed=seeds, progress=progress)
     with torch.no_grad():
         z_hat = guide.point_estimate(ds.test.x.expand((len(seeds),) + ds.test.x.shape))
@@ -113,7 +113,7 @@ def _learned(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
         rows.append({"study": "guide_families", "part": "learned", "mixing": setting["mixing"],
                      "family": setting["family"], "replica": r, "seed": s, "gamma2": g2,
                      "metric": "mcc", "value": metrics.mcc(ds.test.z, z_hat[r]).score})
-    return rows
+    return mark_failed(rows, fit.failed)
 
 
 def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:

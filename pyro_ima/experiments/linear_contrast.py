@@ -16,7 +16,7 @@ import torch
 from torch.distributions import ComposeTransform
 
 from .. import inference, metrics, mixings, priors
-from .common import replica_datasets, replica_vae
+from .common import mark_failed, replica_datasets, replica_vae
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -54,8 +54,8 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
     R = len(seeds)
     vae, guide = replica_vae(d, p0, torch.full((R,), cfg.gamma2), seeds,
                              init_scale=1 / math.sqrt(cfg.gamma2))
-    inference.fit(vae, guide, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                  patience=cfg.patience, seed=seeds, progress=progress)
+    fit = inference.fit(vae, guide, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                        lr=cfg.lr, patience=cfg.patience, seed=seeds, progress=progress)
     with torch.no_grad():
         z_hat = guide.point_estimate(te)
         c_dec = metrics.ima_contrast(metrics.jacobian(vae.decoder, z_hat)).mean(-1)
@@ -68,7 +68,7 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
         rows += [{"study": "linear_contrast", "contrast": c, "replica": r, "seed": s,
                   "gamma2": cfg.gamma2, "metric": k, "value": float(v)}
                  for k, v in values.items()]
-    return rows
+    return mark_failed(rows, fit.failed)
 
 
 def summarize(rows: list[dict]) -> dict:

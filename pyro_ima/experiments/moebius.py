@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import inference, metrics, mixings, priors
-from .common import replica_datasets, replica_vae
+from .common import mark_failed, replica_datasets, replica_vae
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -46,8 +46,8 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
     R = len(seeds)
     vae, guide = replica_vae(d, p0, torch.full((R,), g2), seeds,
                              init_scale=min(0.1, 1 / math.sqrt(g2)))
-    inference.fit(vae, guide, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                  patience=cfg.patience, seed=seeds, progress=progress)
+    fit = inference.fit(vae, guide, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                        lr=cfg.lr, patience=cfg.patience, seed=seeds, progress=progress)
     with torch.no_grad():
         z_hat = guide.point_estimate(te)  # (R, N, d)
         J = metrics.jacobian(vae.decoder, z_hat)
@@ -60,7 +60,7 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
                   "c_ima": float(c_ima[r]), "c_conf": float(c_conf[r])}
         rows += [{"study": "moebius", "replica": r, "seed": s, "gamma2": g2, "metric": k,
                   "value": float(v)} for k, v in values.items()]
-    return rows
+    return mark_failed(rows, fit.failed)
 
 
 def _by_gamma(rows, metric):

@@ -16,7 +16,7 @@ import torch
 from scipy import stats
 
 from .. import inference, mixings, priors
-from .common import replica_datasets, replica_vae
+from .common import mark_failed, replica_datasets, replica_vae
 
 __all__ = ["Config", "QUICK", "FULL", "run_setting", "settings", "summarize", "plot"]
 
@@ -50,8 +50,8 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
                                             cfg.n, seeds)
     R = len(seeds)
     vae, guide = replica_vae(d, p0, torch.full((R,), g2), seeds, init_scale=1 / math.sqrt(g2))
-    inference.fit(vae, guide, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                  patience=cfg.patience, seed=seeds, progress=progress)
+    fit = inference.fit(vae, guide, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                        lr=cfg.lr, patience=cfg.patience, seed=seeds, progress=progress)
     x = te[:, : cfg.eval_points]
     sc = inference.self_consistency(vae, guide, x)
     with torch.no_grad():
@@ -70,7 +70,7 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
                   "variance_ratio_learned_over_predicted": (learned[r] / pred[r]).mean()}
         rows += [{"study": "self_consistency", "replica": r, "seed": s, "gamma2": g2,
                   "metric": k, "value": float(v)} for k, v in values.items()]
-    return rows
+    return mark_failed(rows, fit.failed)
 
 
 def _slope(rows, metric):
