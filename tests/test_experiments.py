@@ -108,3 +108,13 @@ def test_a_study_reruns_from_its_results_file(self_consistency_run, tmp_path):
     assert a["rows"] == b["rows"]  # same seeds and sizes: identical numbers
     assert all(r["failed"] is False for r in b["rows"])
     assert main(["experiment", "--from", str(tmp_path / "nothing.json")]) == 2
+
+
+def test_beta_gamma_quick_gaps_collapse_onto_the_ratio(tmp_path):
+    out = tmp_path / "bg"
+    assert main(["experiment", "beta_gamma", "--quick", "--quiet", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())["summary"]
+    by = {float(r): v for r, v in s["gap_by_ratio_and_beta"].items()}
+    assert max(s["spread_across_beta"].values()) < 0.2  # same gamma2/beta: same gap
+    means = {r: sum(v.values()) / len(v) for r, v in by.items()}
+    assert means[1e4] - means[1e2] > 0.4  # while different ratios differ

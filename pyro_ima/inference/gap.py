@@ -90,7 +90,8 @@ class _PointTable(nn.Module):
 def refine_elbo(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor, *,
                 steps: int = 300, lr: float = 1e-2, num_particles: int = 8,
                 eval_particles: int = 256, init: str = "laplace", seed: int = 0,
-                chunk_size: int = 2048) -> torch.Tensor:
+                chunk_size: int = 2048, beta_weighted: bool = False,
+                return_guides: bool = False):
     """ELBO* per point: the guide's parameters optimized for each point separately.
 
     Each point's variational parameters (same family) start from the amortized encoder's mean
@@ -99,6 +100,10 @@ def refine_elbo(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor
     for the diagonal family), then take ``steps`` Adam steps on that point's own ELBO (all
     points of a chunk batched: their ELBOs do not interact). The model stays fixed. Returns
     ``elbo_star``, ``(N,)`` / ``(R, N)``, from ``eval_particles`` fresh draws.
+
+    With ``beta_weighted`` each point's parameters maximize the beta-VAE objective instead (and
+    that is what is returned); with ``return_guides`` the refined per-chunk guides come back
+    too, as ``(elbo_star, [(start, guide), ...])``.
     """
     if init not in ("laplace", "encoder"):
         raise ValueError(f"init: expected 'laplace' or 'encoder', got {init!r}")
@@ -111,7 +116,7 @@ def refine_elbo(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor
     def next_seed():
         return int(torch.randint(2**62, (), generator=g))
 
-    result = []
+    result, guides = [], []
     for start in range(0, n, chunk_size):
         xs = x.narrow(dim, start, min(chunk_size, n - start))
         with torch.no_grad():
@@ -130,12 +135,15 @@ def refine_elbo(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor
         b = xs.shape[dim]
         for _ in range(steps):
             eps = standard_noise(vae, num_particles, b, next_seed())
-            loss = -elbo_per_point(vae, local, xs, eps=eps, grad=True).sum()
+            loss = -elbo_per_point(vae, local, xs, eps=eps, grad=True,
+                                   beta_weighted=beta_weighted).sum()
             (table.table.grad,) = torch.autograd.grad(loss, table.table)
             opt.step()
         result.append(elbo_per_point(vae, local, xs, num_particles=eval_particles,
-                                     seed=next_seed()))
-    return torch.cat(result, -1)
+                                     seed=next_seed(), beta_weighted=beta_weighted))
+        guides.append((start, local))
+    elbo_star = torch.cat(result, -1)
+    return (elbo_star, guides) if return_guides else elbo_star
 
 
 def self_consistency(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor,
