@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 
 from .._utils import atomic_write_json
-from . import (beta_gamma, elbo_vs_lima, guide_families, linear_contrast, moebius,
-               self_consistency)
+from . import beta_gamma, elbo_vs_lima, guide_families, linear_contrast, moebius, self_consistency
 from .common import run_sweep, write_table
 
 __all__ = ["STUDIES", "run_study"]
