@@ -118,3 +118,12 @@ def test_beta_gamma_quick_gaps_collapse_onto_the_ratio(tmp_path):
     assert max(s["spread_across_beta"].values()) < 0.2  # same gamma2/beta: same gap
     means = {r: sum(v.values()) / len(v) for r, v in by.items()}
     assert means[1e4] - means[1e2] > 0.4  # while different ratios differ
+
+
+def test_encoder_side_quick_learned_noise_moves_the_penalty_to_the_rows(tmp_path):
+    out = tmp_path / "es"
+    assert main(["experiment", "encoder_side", "--quick", "--quiet", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())["summary"]
+    iso, learned = s["row_orthogonal/isotropic_noise"], s["row_orthogonal/learned_tau"]
+    assert iso["c_conf"] > 0.5 and abs(iso["gap"] / iso["c_conf"] - 1) < 0.1
+    assert abs(learned["c_row"]) < 1e-9 and learned["gap"] < 0.15  # c_row = 0: gap closes

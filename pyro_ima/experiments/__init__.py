@@ -7,14 +7,23 @@ import time
 from pathlib import Path
 
 from .._utils import atomic_write_json
-from . import beta_gamma, elbo_vs_lima, guide_families, linear_contrast, moebius, self_consistency
+from . import (
+    beta_gamma,
+    elbo_vs_lima,
+    encoder_side,
+    guide_families,
+    linear_contrast,
+    moebius,
+    self_consistency,
+)
 from .common import run_sweep, write_table
 
 __all__ = ["STUDIES", "run_study"]
 
 STUDIES = {"self_consistency": self_consistency, "elbo_vs_lima": elbo_vs_lima,
            "moebius": moebius, "linear_contrast": linear_contrast,
-           "guide_families": guide_families, "beta_gamma": beta_gamma}
+           "guide_families": guide_families, "encoder_side": encoder_side,
+           "beta_gamma": beta_gamma}
 
 
 def run_study(name: str, out_dir: str | Path, *, quick: bool = False,
