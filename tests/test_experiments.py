@@ -127,3 +127,14 @@ def test_encoder_side_quick_learned_noise_moves_the_penalty_to_the_rows(tmp_path
     iso, learned = s["row_orthogonal/isotropic_noise"], s["row_orthogonal/learned_tau"]
     assert iso["c_conf"] > 0.5 and abs(iso["gap"] / iso["c_conf"] - 1) < 0.1
     assert abs(learned["c_row"]) < 1e-9 and learned["gap"] < 0.15  # c_row = 0: gap closes
+
+
+def test_sprites_quick_runs_and_reports_per_factor_mcc(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYRO_IMA_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "sp"
+    assert main(["experiment", "sprites", "--quick", "--quiet", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())["summary"]["final"]
+    for k in ("mcc", "mcc_x", "mcc_y", "mcc_scale", "mcc_hue"):
+        assert 0 <= s[k] <= 1
+    assert s["c_ima"] >= 0
+    assert (out / "sprites.png").exists()

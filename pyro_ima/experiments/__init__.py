@@ -15,6 +15,7 @@ from . import (
     linear_contrast,
     moebius,
     self_consistency,
+    sprites_study,
 )
 from .common import run_sweep, write_table
 
@@ -23,7 +24,7 @@ __all__ = ["STUDIES", "run_study"]
 STUDIES = {"self_consistency": self_consistency, "elbo_vs_lima": elbo_vs_lima,
            "moebius": moebius, "linear_contrast": linear_contrast,
            "guide_families": guide_families, "encoder_side": encoder_side,
-           "beta_gamma": beta_gamma}
+           "beta_gamma": beta_gamma, "sprites": sprites_study}
 
 
 def run_study(name: str, out_dir: str | Path, *, quick: bool = False,
