@@ -51,10 +51,19 @@ def test_sweep_killed_with_sigkill_resumes_to_identical_results(tmp_path):
     finished = sorted(p.name for p in settings.glob("*.json"))
     assert len(finished) == 1 and not (out / "results.json").exists()
     stamps = {p.name: p.stat().st_mtime_ns for p in settings.glob("*.json")}
+    saved = {p.name: p.read_bytes() for p in settings.glob("*.json")}
     assert _sweep(out).wait(timeout=600) == 0
     assert {p.name: p.stat().st_mtime_ns for p in settings.glob("*.json")
             if p.name in stamps} == stamps  # the finished setting was not redone
+    assert all((settings / name).read_bytes() == data for name, data in saved.items())
     rows_ref = json.loads((ref / "results.json").read_text())["rows"]
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert rows == rows_ref  # identical numbers, no duplicated or partial rows
+    # Same rows in the same order, none duplicated or partial. The values agree to float
+    # rounding: two separate processes can differ in the last bits because the CPU BLAS picks
+    # kernels by memory alignment (seen: 1.4e-6 relative); within one process runs are bitwise
+    # equal (test_same_seed_same_numbers_bitwise), and the resumed setting is byte-identical.
+    strip = [{k: v for k, v in r.items() if k != "value"} for r in rows]
+    assert strip == [{k: v for k, v in r.items() if k != "value"} for r in rows_ref]
+    for a, b in zip(rows, rows_ref, strict=True):
+        assert abs(a["value"] - b["value"]) <= 1e-5 * (1 + abs(b["value"]))
     assert not list(out.rglob("*.tmp"))
