@@ -105,7 +105,11 @@ def test_a_study_reruns_from_its_results_file(self_consistency_run, tmp_path):
     a = json.loads(src.read_text())
     b = json.loads((out / "results.json").read_text())
     assert b["study"] == "self_consistency" and b["quick"] is True
-    assert a["rows"] == b["rows"]  # same seeds and sizes: identical numbers
+    assert len(a["rows"]) == len(b["rows"])  # same seeds and sizes: the same numbers
+    for ra, rb in zip(a["rows"], b["rows"], strict=True):  # (to BLAS rounding, see
+        assert {k: v for k, v in ra.items() if k != "value"} == \
+            {k: v for k, v in rb.items() if k != "value"}  # test_reliability)
+        assert abs(ra["value"] - rb["value"]) <= 1e-5 * (1 + abs(rb["value"]))
     assert all(r["failed"] is False for r in b["rows"])
     assert main(["experiment", "--from", str(tmp_path / "nothing.json")]) == 2
 
