@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import data, inference, mixings, models, priors
+from .common import pyplot, save_figure
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -84,9 +85,7 @@ def claim(summary: dict) -> str:
 
 
 def plot(rows: list[dict], summary: dict, path_stem) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.8))
     for b in sorted({r["beta"] for r in rows}):
@@ -97,6 +96,4 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     ax.set_title("beta-VAE: gaps collapse onto gamma^2/beta")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(f"{path_stem}.{ext}", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path_stem)

@@ -18,7 +18,22 @@ from .. import data, models
 from .._utils import atomic_write_bytes, atomic_write_json
 
 __all__ = ["run_sweep", "write_table", "replica_datasets", "replica_vae", "setting_key",
-           "check_rows", "mark_failed"]
+           "check_rows", "mark_failed", "pyplot", "save_figure"]
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path_stem) -> None:
+    """Write ``fig`` as PNG and PDF next to each other, then close it."""
+    for ext in ("png", "pdf"):
+        fig.savefig(f"{path_stem}.{ext}", dpi=100)
+    pyplot().close(fig)
 
 
 def setting_key(setting: dict) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import data, inference, metrics, mixings, models, priors
-from .common import mark_failed
+from .common import mark_failed, pyplot, save_figure
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -127,9 +127,7 @@ def claim(summary: dict) -> str:
 
 
 def plot(rows: list[dict], summary: dict, path_stem) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, m in zip(axes, MIXES, strict=True):
@@ -142,8 +140,6 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
         ax.set_title(f"{m} mixing (C_IMA {next(iter(s['c_ima'].values())):.2f})")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(f"{path_stem}.{ext}", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path_stem)
 
 

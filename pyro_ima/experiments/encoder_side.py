@@ -17,6 +17,7 @@ import pyro.optim
 import torch
 
 from .. import inference, metrics, mixings, models, priors
+from .common import pyplot, save_figure
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -110,9 +111,7 @@ def claim(summary: dict) -> str:
 
 
 def plot(rows: list[dict], summary: dict, path_stem) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     keys = list(summary)
@@ -125,6 +124,4 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     ax.set_title("isotropic guide: fixed vs learned observation scales")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(f"{path_stem}.{ext}", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path_stem)

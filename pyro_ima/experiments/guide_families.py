@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import data, inference, metrics, mixings, models, priors
-from .common import mark_failed, replica_vae
+from .common import mark_failed, pyplot, replica_vae, save_figure
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -145,9 +145,7 @@ def claim(summary: dict) -> str:
 
 
 def plot(rows: list[dict], summary: dict, path_stem) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     decoders = sorted({k.split("/")[0] for k in summary["fixed"]})
     fig, axes = plt.subplots(1, len(decoders) + 1, figsize=(4 * (len(decoders) + 1), 3.6))
@@ -170,6 +168,4 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     ax.set_ylabel("MCC")
     ax.set_title("learned decoders: MCC by guide family")
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(f"{path_stem}.{ext}", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path_stem)

@@ -16,7 +16,7 @@ import torch
 from torch.distributions import ComposeTransform
 
 from .. import inference, metrics, mixings, priors
-from .common import mark_failed, replica_datasets, replica_vae
+from .common import mark_failed, pyplot, replica_datasets, replica_vae, save_figure
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -90,9 +90,7 @@ def claim(summary: dict) -> str:
 
 
 def plot(rows: list[dict], summary: dict, path_stem) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.8))
     by = {}
@@ -104,6 +102,4 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     ax.set_ylabel("MCC")
     ax.set_title(f"gamma^2 = {rows[0]['gamma2']:g}")
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(f"{path_stem}.{ext}", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path_stem)

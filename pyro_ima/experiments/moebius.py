@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import inference, metrics, mixings, priors
-from .common import mark_failed, replica_datasets, replica_vae
+from .common import mark_failed, pyplot, replica_datasets, replica_vae, save_figure
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -85,9 +85,7 @@ def claim(summary: dict) -> str:
 
 
 def plot(rows: list[dict], summary: dict, path_stem) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, m in zip(axes, ("mcc", "c_ima"), strict=True):
@@ -104,6 +102,4 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     axes[0].set_title("Moebius: MCC vs gamma^2")
     axes[1].set_title("learned decoder's c_IMA")
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(f"{path_stem}.{ext}", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path_stem)

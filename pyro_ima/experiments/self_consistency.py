@@ -16,7 +16,7 @@ import torch
 from scipy import stats
 
 from .. import inference, mixings, priors
-from .common import mark_failed, replica_datasets, replica_vae
+from .common import mark_failed, pyplot, replica_datasets, replica_vae, save_figure
 
 __all__ = ["Config", "QUICK", "FULL", "run_setting", "settings", "summarize", "plot"]
 
@@ -89,9 +89,7 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def plot(rows: list[dict], summary: dict, path_stem) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, metrics_ in zip(axes[:2], [("encoder_variance",),
@@ -118,9 +116,7 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     ax.set_ylabel("learned variance")
     ax.set_title("eq. 12: predicted vs learned")
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(f"{path_stem}.{ext}", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path_stem)
 
 
 def claim(summary: dict) -> str:

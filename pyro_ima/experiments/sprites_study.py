@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import inference, metrics, models, priors, sprites
+from .common import pyplot, save_figure
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -90,9 +91,7 @@ def claim(summary: dict) -> str:
 
 
 def plot(rows: list[dict], summary: dict, path_stem) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, m in zip(axes, ("mcc", "c_ima"), strict=True):
@@ -106,6 +105,4 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     axes[1].set_title("decoder c_IMA over training")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(f"{path_stem}.{ext}", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path_stem)
