@@ -9,6 +9,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,8 +18,25 @@ from tqdm.auto import tqdm
 from .. import data, models
 from .._utils import atomic_write_bytes, atomic_write_json
 
-__all__ = ["run_sweep", "write_table", "replica_datasets", "replica_vae", "setting_key",
-           "check_rows", "mark_failed", "pyplot", "save_figure"]
+__all__ = ["TrainingConfig", "gamma2_settings", "run_sweep", "write_table", "replica_datasets",
+           "replica_vae", "setting_key", "check_rows", "mark_failed", "pyplot", "save_figure"]
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The training fields every study shares; defaults are the paper's synthetic setting
+    (60k points split 0.7/0.2/0.1, batch 64, lr 1e-3, early stopping)."""
+
+    n: int = 60_000
+    epochs: int = 100
+    patience: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+
+
+def gamma2_settings(cfg) -> list[dict]:
+    """One setting per ``cfg.gamma2s`` value; its ``cfg.seeds`` seeds train as one replica batch."""
+    return [{"gamma2": g, "seeds": list(range(cfg.seeds))} for g in cfg.gamma2s]
 
 
 def pyplot():

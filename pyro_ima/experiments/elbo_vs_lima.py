@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import data, inference, metrics, mixings, models, priors
-from .common import mark_failed, pyplot, save_figure
+from .common import TrainingConfig, mark_failed, pyplot, save_figure
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -25,15 +25,12 @@ MIXES = {"triangular": lambda: mixings.TriangularMLP(2, seed=0),
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainingConfig):
     gamma2s: tuple = (1e1, 1e2, 1e3, 1e4, 1e5)
     seeds: int = 5
     n: int = 145_000  # 100k / 30k / 15k as in the paper
     split: tuple = (100 / 145, 30 / 145, 15 / 145)
-    epochs: int = 100
     warmup_epochs: int = 30
-    patience: int = 10
-    batch_size: int = 64
     lr: float = 1e-4
     eval_points: int = 500
     refine_steps: int = 300

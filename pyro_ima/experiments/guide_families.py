@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import data, inference, metrics, mixings, models, priors
-from .common import mark_failed, pyplot, replica_vae, save_figure
+from .common import TrainingConfig, mark_failed, pyplot, replica_vae, save_figure
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -37,7 +37,7 @@ def _decoder(name: str, d: int):
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainingConfig):
     decoders: tuple = ("smooth_leaky_mlp", "orthogonal_mlp", "moebius")
     gamma2s: tuple = (1e1, 1e2, 1e3, 1e4, 1e5)
     points: int = 1000
@@ -46,10 +46,6 @@ class Config:
     learned_mixings: tuple = ("moebius", "orthogonal_mlp")
     learned_gamma2: float = 1e4
     seeds: int = 10
-    n: int = 60_000
-    epochs: int = 100
-    patience: int = 10
-    lr: float = 1e-3
 
 
 FULL = Config()

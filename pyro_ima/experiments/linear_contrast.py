@@ -16,21 +16,16 @@ import torch
 from torch.distributions import ComposeTransform
 
 from .. import inference, metrics, mixings, priors
-from .common import mark_failed, pyplot, replica_datasets, replica_vae, save_figure
+from .common import TrainingConfig, mark_failed, pyplot, replica_datasets, replica_vae, save_figure
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainingConfig):
     contrasts: tuple = (0.0, 0.4, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 6.8, 8.0)
     seeds_per_contrast: int = 10  # 100 in total
     gamma2: float = 1e5
-    n: int = 60_000
-    epochs: int = 100
-    patience: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
 
 
 FULL = Config()

@@ -13,7 +13,15 @@ import numpy as np
 import torch
 
 from .. import inference, metrics, mixings, priors
-from .common import mark_failed, pyplot, replica_datasets, replica_vae, save_figure
+from .common import (
+    TrainingConfig,
+    gamma2_settings,
+    mark_failed,
+    pyplot,
+    replica_datasets,
+    replica_vae,
+    save_figure,
+)
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -21,14 +29,9 @@ REFERENCE_MCC = {1e1: 0.15, 1e2: 0.15, 1e3: 0.71, 1e4: 0.96, 1e5: 0.96}
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainingConfig):
     gamma2s: tuple = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6)
     seeds: int = 20
-    n: int = 60_000
-    epochs: int = 100
-    patience: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
 
 
 FULL = Config()
@@ -36,7 +39,7 @@ QUICK = Config(gamma2s=(1e1, 1e5), seeds=3, n=6000, epochs=20, patience=5)
 
 
 def settings(cfg: Config) -> list[dict]:
-    return [{"gamma2": g, "seeds": list(range(cfg.seeds))} for g in cfg.gamma2s]
+    return gamma2_settings(cfg)
 
 
 def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:

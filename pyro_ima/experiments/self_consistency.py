@@ -16,20 +16,23 @@ import torch
 from scipy import stats
 
 from .. import inference, mixings, priors
-from .common import mark_failed, pyplot, replica_datasets, replica_vae, save_figure
+from .common import (
+    TrainingConfig,
+    gamma2_settings,
+    mark_failed,
+    pyplot,
+    replica_datasets,
+    replica_vae,
+    save_figure,
+)
 
 __all__ = ["Config", "QUICK", "FULL", "run_setting", "settings", "summarize", "plot"]
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainingConfig):
     gamma2s: tuple = (1e1, 1e2, 1e3, 1e4, 1e5)
     seeds: int = 20
-    n: int = 60_000
-    epochs: int = 100
-    patience: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
     eval_points: int = 1000
 
 
@@ -39,8 +42,7 @@ QUICK = Config(gamma2s=(1e1, 1e3, 1e5), seeds=3, n=3000, epochs=15, patience=5,
 
 
 def settings(cfg: Config) -> list[dict]:
-    """One setting per gamma2: its seeds train as one replica batch."""
-    return [{"gamma2": g, "seeds": list(range(cfg.seeds))} for g in cfg.gamma2s]
+    return gamma2_settings(cfg)
 
 
 def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:

@@ -14,18 +14,15 @@ import numpy as np
 import torch
 
 from .. import inference, metrics, models, priors, sprites
-from .common import pyplot, save_figure
+from .common import TrainingConfig, pyplot, save_figure
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainingConfig):
     gamma2s: tuple = (1.0,)
     seeds: int = 10
-    n: int = 60_000
-    epochs: int = 100
-    patience: int = 10
     lr: float = 1e-5
     eval_points: int = 1000
     checkpoints: int = 10  # MCC / c_IMA measured this many times over training

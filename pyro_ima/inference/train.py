@@ -124,10 +124,11 @@ def fit(vae: GaussianVAE, guide: AmortizedGaussianGuide, train, val=None, *,
         check_int("patience", patience)
     R = vae.replicas
     seeds = replica_seeds(seed, R)
-    x_train = as_replica_batch(vae, _data_x("train", train))
+    x_raw = _data_x("train", train)
+    x_train = as_replica_batch(vae, x_raw)
     x_val = None if val is None else as_replica_batch(vae, _data_x("val", val))
     vae.check_data(x_train)
-    shared = R is not None and _data_x("train", train).dim() == vae.obs_event_dim + 1
+    shared = R is not None and x_raw.dim() == vae.obs_event_dim + 1
     data_dim = -1 - vae.obs_event_dim
     n = x_train.shape[data_dim]
     if batch_size > n:
