@@ -51,6 +51,9 @@ def _file(tmp, text):
 X = torch.randn(50, 3)
 
 CASES = {
+    "init_scale_per_replica_length": (lambda t: models.DiagonalGuide(
+        models.GaussianVAE(models.MLP(3, 3, replicas=3), priors.gaussian(3), 10.0, replicas=3),
+        models.MLP(3, 6, replicas=3), init_scale=[0.1, 0.2]), ValueError, "init_scale"),
     "gamma2_zero": (lambda t: models.GaussianVAE(models.MLP(3, 3), priors.gaussian(3), 0.0),
                     ValueError, "gamma2"),
     "gamma2_nan": (lambda t: models.GaussianVAE(models.MLP(3, 3), priors.gaussian(3),

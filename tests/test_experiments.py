@@ -23,7 +23,8 @@ def test_self_consistency_quick_slope_and_files(self_consistency_run):
     for f in ("results.csv", "results.json", "self_consistency.png", "self_consistency.pdf"):
         assert (out / f).exists()
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert len(rows) == 3 * 3 * 5  # gamma2 x seeds x metrics
+    assert len(rows) == 3 * 3 * 7  # gamma2 x seeds x metrics (5 measured + 2 training facts)
+    assert summary["summary"]["training"]["replicas"] == 9
     assert {"replica", "seed", "gamma2", "metric", "value"} <= set(rows[0])
 
 
@@ -142,3 +143,17 @@ def test_sprites_quick_runs_and_reports_per_factor_mcc(tmp_path, monkeypatch):
         assert 0 <= s[k] <= 1
     assert s["c_ima"] >= 0
     assert (out / "sprites.png").exists()
+
+
+def test_grid_settings_chunks_the_whole_grid_and_training_summary_counts_capped_replicas():
+    from pyro_ima.experiments.common import grid_settings, training_summary
+    sets = grid_settings([1e1, 1e2], [0, 1, 2], per_setting=4)
+    assert [len(s["grid"]) for s in sets] == [4, 2]
+    assert sorted(tuple(p) for s in sets for p in s["grid"]) == [
+        (g, s) for g in (1e1, 1e2) for s in (0, 1, 2)]
+    rows = []
+    for seed, best in ((0, 9.0), (1, 4.0)):  # seed 0 was still improving at epoch 10 of 10
+        rows += [{"seed": seed, "replica": seed, "metric": "best_epoch", "value": best},
+                 {"seed": seed, "replica": seed, "metric": "epochs_run", "value": 10.0},
+                 {"seed": seed, "replica": seed, "metric": "mcc", "value": 0.5}]
+    assert training_summary(rows) == {"replicas": 2, "still_improving_at_cap": 1}

@@ -93,6 +93,24 @@ def test_init_scale_sets_the_initial_standard_deviation():
             assert float(cov[..., 0, 1].abs().max()) < 1e-8
 
 
+def test_init_scale_per_replica():
+    R = 3
+    vae = models.GaussianVAE(models.MLP(2, 2, replicas=R), priors.gaussian(2), gamma2=1e4,
+                             replicas=R)
+    want = torch.tensor([0.3, 0.01, 0.002])
+    for cls in models.GUIDES.values():
+        enc = models.MLP(2, cls.num_outputs(2), replicas=R, seed=[0, 1, 2])
+        for p in enc.layers[-1].parameters():
+            torch.nn.init.zeros_(p)
+        g = cls(vae, enc, init_scale=want)
+        std = g.covariance(torch.randn(R, 4, 2)).detach().diagonal(dim1=-2, dim2=-1).sqrt()
+        assert_close(std, want[:, None, None].expand(R, 4, 2), rtol=1e-4)
+        # the per-replica shift is undone by raw_from_scale_tril (used by ELBO* refinement)
+        if cls.family != "full":
+            raw = g.raw_from_scale_tril(g.scale_tril(torch.randn(R, 4, 2)).detach())
+            assert_close(raw, torch.zeros_like(raw), atol=1e-3, rtol=0)
+
+
 def test_guide_rejects_encoder_with_wrong_output_size():
     vae = models.GaussianVAE(models.MLP(3, 3), priors.gaussian(3), gamma2=1.0)
     with pytest.raises(ValueError, match="encoder: expected 9 outputs"):

@@ -105,7 +105,8 @@ class AmortizedGaussianGuide(nn.Module):
             ``mu(x)`` first, then the family's raw scale parameters.
         init_scale: shifts the raw scale parameters so that a raw output of 0 gives this
             standard deviation (default ``None``: ``softplus(0) = 0.69``). In the
-            near-deterministic regime ``1 / sqrt(gamma2)`` saves many early epochs.
+            near-deterministic regime ``1 / sqrt(gamma2)`` saves many early epochs. With
+            replicas it may be one value per replica (a sequence or tensor of length ``R``).
     """
 
     family = "base"
@@ -130,12 +131,28 @@ class AmortizedGaussianGuide(nn.Module):
         self.bijection = support_bijection(model.prior.support)
         self.pyro_name = unique_name("guide")
         self._loc_override = None
-        if init_scale is not None:
+        self._raw_shift = self._shift_from(init_scale)
+
+    def _shift_from(self, init_scale):
+        if init_scale is None:
+            return 0.0
+        if torch.as_tensor(init_scale).dim() == 0:
+            init_scale = float(init_scale)
             check_positive("init_scale", init_scale)
-            init_scale = torch.tensor(float(init_scale))
-            self._raw_shift = float(init_scale + torch.log(-torch.expm1(-init_scale)))
-        else:
-            self._raw_shift = 0.0
+            scale = torch.tensor(float(init_scale))
+            return float(scale + torch.log(-torch.expm1(-scale)))
+        scale = torch.as_tensor(init_scale, dtype=torch.get_default_dtype()).flatten()
+        if self.replicas is None or scale.numel() != self.replicas:
+            raise ValueError(f"init_scale: expected a number or one value per replica "
+                             f"({self.replicas} replicas), got {tuple(scale.shape)} values")
+        if not bool((torch.isfinite(scale) & (scale > 0)).all()):
+            raise ValueError("init_scale: expected positive finite values")
+        return scale + torch.log(-torch.expm1(-scale))  # (R,): aligned to the replica dim
+
+    def _shift(self, t: torch.Tensor):
+        """The raw shift, broadcastable against ``t`` whose leading dim is the replica dim."""
+        s = self._raw_shift
+        return s if isinstance(s, float) else s.reshape((-1,) + (1,) * (t.dim() - 1)).to(t)
 
     # -- family interface -------------------------------------------------------------------
     @classmethod
@@ -165,7 +182,7 @@ class AmortizedGaussianGuide(nn.Module):
         raise NotImplementedError
 
     def _inv_scale(self, scale: torch.Tensor) -> torch.Tensor:
-        return scale + torch.log(-torch.expm1(-scale)) - self._raw_shift
+        return scale + torch.log(-torch.expm1(-scale)) - self._shift(scale)
 
     # -- shared -----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,7 +256,7 @@ class DiagonalGuide(AmortizedGaussianGuide):
         return d
 
     def _scale(self, raw):
-        return transform_to(pconstraints.softplus_positive)(raw + self._raw_shift)
+        return transform_to(pconstraints.softplus_positive)(raw + self._shift(raw))
 
     def _affine(self, loc, raw):
         return AffineTransform(loc, self._scale(raw), event_dim=1, cache_size=1)
@@ -265,7 +282,8 @@ class IsotropicGuide(AmortizedGaussianGuide):
         return 1
 
     def _scale(self, raw, loc):
-        return transform_to(pconstraints.softplus_positive)(raw + self._raw_shift).expand_as(loc)
+        scale = transform_to(pconstraints.softplus_positive)(raw + self._shift(raw))
+        return scale.expand_as(loc)
 
     def _affine(self, loc, raw):
         return AffineTransform(loc, self._scale(raw, loc), event_dim=1, cache_size=1)
@@ -296,7 +314,7 @@ class FullCovGuide(AmortizedGaussianGuide):
         rows, cols = torch.tril_indices(d, d)
         m = raw.new_zeros(raw.shape[:-1] + (d, d))
         m[..., rows, cols] = raw
-        m = m + self._raw_shift * torch.eye(d)  # init_scale shifts the diagonal only
+        m = m + self._shift(m) * torch.eye(d, dtype=m.dtype)  # shifts the diagonal only
         return transform_to(pconstraints.softplus_lower_cholesky)(m)
 
     def _affine(self, loc, raw):
