@@ -13,7 +13,8 @@ from torch.distributions.transforms import Transform
 from ._utils import check_int, check_positive
 
 __all__ = ["Mixing", "Linear", "Moebius", "SmoothLeakyMLP", "TriangularMLP", "OrthogonalMLP",
-           "VolumePreservingLinear", "random_orthogonal", "inverse_smooth_leaky_relu", "MIXINGS"]
+           "VolumePreservingLinear", "LeakyLinear", "random_orthogonal",
+           "inverse_smooth_leaky_relu", "MIXINGS"]
 
 
 def random_orthogonal(dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -382,6 +383,52 @@ class VolumePreservingLinear(Linear):
         m.target, m.seed, m.weight64 = float(target), seed, w64
         m._logabsdet = torch.zeros((), dtype=m.weight.dtype)  # exact: det(Q (I + t S)) = +-1
         return m
+
+
+class LeakyLinear(Mixing):
+    """Creates ``f(z) = sigma(W z)``: a linear map, then the elementwise smooth leaky ReLU.
+
+    The Jacobian ``diag(sigma'(W z)) W`` has the rows of ``W`` rescaled, so the row contrast is
+    that of ``W`` at every point: ``c_row(f, z) = c_row(W)``. With ``W = diag(s) O`` the rows are
+    orthogonal and the inverse ``g`` is in the IMA class (the encoder-side conjecture's class);
+    :meth:`with_row_contrast` sets ``c_row`` to any target.
+
+    Arguments:
+        weight: ``W`` ``(d, d)``, invertible.
+        slope: the leaky slope of ``sigma``.
+    """
+
+    def __init__(self, weight: torch.Tensor, slope: float = 0.2):
+        weight = torch.as_tensor(weight, dtype=torch.get_default_dtype())
+        if weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
+            raise ValueError(f"weight: expected a square (d, d) matrix, got {tuple(weight.shape)}")
+        super().__init__(weight.shape[0])
+        self.weight, self.slope = weight, float(slope)
+        self._inv_weight = torch.linalg.inv(weight.double()).to(weight.dtype)
+        self._logabsdet = torch.linalg.slogdet(weight.double())[1].to(weight.dtype)
+
+    @classmethod
+    def with_row_contrast(cls, target: float, dim: int, seed: int = 0) -> LeakyLinear:
+        """``W = V^T`` for ``V = VolumePreservingLinear.with_contrast(target)``: rows of
+        ``W`` are ``V``'s columns, so ``c_row(f) = target`` everywhere and ``|det W| = 1``."""
+        m = cls(VolumePreservingLinear.with_contrast(target, dim, seed=seed).weight64.T)
+        m.target, m.seed = float(target), seed
+        return m
+
+    def _call(self, z):
+        self._check(z)
+        return _smooth_leaky(z @ self.weight.T, self.slope)
+
+    def _inverse(self, x):
+        self._check(x)
+        return inverse_smooth_leaky_relu(x, self.slope) @ self._inv_weight.T
+
+    def log_abs_det_jacobian(self, z, x):
+        return self._logabsdet + _smooth_leaky_log_grad(z @ self.weight.T, self.slope).sum(-1)
+
+    def _repr_params(self):
+        extra = {"target": self.target, "seed": self.seed} if hasattr(self, "target") else {}
+        return {"dim": self.dim, "slope": self.slope, **extra}
 
 
 MIXINGS = {"linear": Linear.orthogonal, "moebius": Moebius, "smooth_leaky_mlp": SmoothLeakyMLP,

@@ -3,7 +3,10 @@
 import json
 
 import pytest
+import torch
+from torch.testing import assert_close
 
+from pyro_ima import models, priors
 from pyro_ima.cli import main
 
 
@@ -143,6 +146,23 @@ def test_sprites_quick_runs_and_reports_per_factor_mcc(tmp_path, monkeypatch):
         assert 0 <= s[k] <= 1
     assert s["c_ima"] >= 0
     assert (out / "sprites.png").exists()
+    assert (out / "traversal_seed0.png").exists() and (out / "traversal_seed1.png").exists()
+
+
+def test_traversal_sweeps_one_latent_over_prior_quantiles_and_holds_the_rest():
+    from pyro_ima.experiments.sprites_study import traversal
+    torch.manual_seed(0)
+    # a decoder whose image is z0 everywhere: row 0 must show the sweep, row 1 nothing
+    decoder = lambda z: z[..., :1, None, None].expand(*z.shape[:-1], 3, 2, 2)  # noqa: E731
+    vae = models.GaussianVAE(decoder, priors.uniform(2), 1.0, obs_event_dim=3)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(-3), models.MLP(12, 4, (8,), seed=0))
+    guide = models.DiagonalGuide(vae, encoder)
+    x0 = torch.full((3, 2, 2), 0.5)
+    img = traversal(vae, guide, x0, steps=5)
+    assert img.shape == (2, 5, 3, 2, 2)
+    assert_close(img[0, :, 0, 0, 0], torch.linspace(0.05, 0.95, 5), atol=0.02, rtol=0)
+    z0 = guide.point_estimate(x0[None])[0, 0]
+    assert_close(img[1, :, 0, 0, 0], z0.expand(5).clamp(0, 1), atol=1e-6, rtol=0)
 
 
 def test_grid_settings_chunks_the_whole_grid_and_training_summary_counts_capped_replicas():

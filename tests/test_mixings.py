@@ -26,6 +26,8 @@ def _instances():
         ("orthogonal-mlp", lambda s: mixings.OrthogonalMLP(3, seed=s), priors.gaussian(3)),
         ("volume-preserving", lambda s: mixings.VolumePreservingLinear.with_contrast(
             1.0, 3, seed=s), priors.gaussian(3)),
+        ("leaky-linear", lambda s: mixings.LeakyLinear.with_row_contrast(1.5, 3, seed=s),
+         priors.logistic(3)),
         ("moebius-then-linear", lambda s: ComposeTransform([
             mixings.Moebius(3, seed=s),
             mixings.VolumePreservingLinear.with_contrast(0.5, 3, seed=s)]), priors.uniform(3)),
@@ -113,6 +115,17 @@ def test_contrasts_per_mixing():
     assert float(ima.mean()) > 0.01
     ima, _ = _contrasts(mixings.TriangularMLP(2, seed=0), priors.gaussian(2), n=4000)
     assert abs(float(ima.mean()) - 1.75) < 0.1  # the value the docstring reports
+
+
+@pytest.mark.parametrize("target", [0.0, 0.7, 3.0])
+def test_leaky_linear_row_contrast_is_the_target_everywhere(target):
+    f = _double(mixings.LeakyLinear.with_row_contrast(target, 3, seed=2))
+    z = 3 * priors.logistic(3).sample((200,)).double()
+    J = metrics.jacobian(f, z)
+    assert_close(metrics.row_contrast(J), torch.full((200,), target, dtype=torch.float64),
+                 atol=1e-6, rtol=0)
+    if target > 0:  # the columns are not orthogonal: the mixing itself is not IMA
+        assert float(metrics.ima_contrast(J).mean()) > 0.05
 
 
 @pytest.mark.parametrize("dim", [2, 3, 4, 5])

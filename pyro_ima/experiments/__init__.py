@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 from pathlib import Path
 
@@ -37,8 +38,11 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False,
     cfg = mod.QUICK if quick else mod.FULL
     out = check_out_dir(out_dir)
     t = time.perf_counter()
-    rows = run_sweep(name, mod.settings(cfg), lambda s: mod.run_setting(s, cfg, progress), out,
-                     progress=progress)
+    # a study whose run_setting takes out_dir writes per-setting figures there itself
+    extra = {"out_dir": out} if "out_dir" in inspect.signature(mod.run_setting).parameters else {}
+    rows = run_sweep(name, mod.settings(cfg), lambda s: mod.run_setting(s, cfg, progress,
+                                                                         **extra),
+                     out, progress=progress)
     summary = mod.summarize(rows)
     meta = {"kind": "pyro_ima.study", "study": name, "quick": quick,
             "config": dataclasses.asdict(cfg), "versions": package_versions(),
