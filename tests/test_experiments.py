@@ -135,6 +135,11 @@ def test_encoder_side_quick_learned_noise_moves_the_penalty_to_the_rows(tmp_path
     iso, learned = s["row_orthogonal/isotropic_noise"], s["row_orthogonal/learned_tau"]
     assert iso["c_conf"] > 0.5 and abs(iso["gap"] / iso["c_conf"] - 1) < 0.1
     assert abs(learned["c_row"]) < 1e-9 and learned["gap"] < 0.15  # c_row = 0: gap closes
+    # part B: with learned tau the isotropic learner's decoder reaches the row-orthogonal class
+    # when the data has it (c_row = 0) and cannot when it does not (c_row = 4)
+    iso = s["learned_decoder"]["isotropic_learned_tau"]["per_contrast"]
+    assert iso["0.0"]["decoder_c_row"] < 0.1 < 1.0 < iso["4.0"]["decoder_c_row"]
+    assert all(0 <= v["mcc"] <= 1 for v in iso.values())
 
 
 def test_sprites_quick_runs_and_reports_per_factor_mcc(tmp_path, monkeypatch):

@@ -5,19 +5,31 @@ pays the *row* contrast c_row (the IMA contrast of the encoder side) instead of 
 decoders (d = 3, Gaussian latents, decoder fixed; exact at any gamma): ``W_row = diag(s) O``
 (rows orthogonal: c_row = 0, c_conf > 0) and a generic ``W`` (c_row > 0). For each, an isotropic
 guide (linear encoder) is trained with fixed isotropic noise and with learnable tau; the gap
-``log p - ELBO*`` is compared with c_conf and c_row. Learned decoders (MCC on mixings whose
-inverse is or is not IMA) are not part of this version.
+``log p - ELBO*`` is compared with c_conf and c_row.
+
+Learned decoders (part B): data from ``LeakyLinear.with_row_contrast(c)`` (``sigma(W z)``, whose
+row contrast is ``c`` everywhere; ``c = 0`` means the inverse is in the IMA class), logistic
+latents and prior (non-Gaussian, so latent rotations are not a symmetry), d = 3. Two learners
+per mixing: the isotropic guide with learned tau (the conjecture: its penalty is ``c_row``, so
+it should recover the latents when ``c_row = 0`` and lose them as ``c`` grows) and the paper's
+diagonal guide with isotropic noise (penalty ``c_IMA``, which these mixings do not zero).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import pyro.optim
 import torch
+from scipy import stats
 
 from .. import inference, metrics, mixings, models, priors
-from .common import pyplot, save_figure
+from .common import mark_failed, pyplot, replica_datasets, replica_vae, save_figure
+
+LEARNERS = {"isotropic_learned_tau": ("isotropic", True),
+            "diagonal_isotropic_noise": ("diagonal", False)}
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -38,18 +50,32 @@ class Config:
     n: int = 10_000
     epochs: int = 200
     seeds: int = 5
+    # part B: learned decoders on LeakyLinear data with row contrast c
+    learned_contrasts: tuple = (0.0, 1.0, 2.0, 4.0)
+    learned_seeds: int = 10
+    learned_gamma2: float = 1e3
+    learned_n: int = 60_000
+    learned_epochs: int = 25
+    learned_patience: int = 5
+    learned_lr: float = 1e-3
 
 
 FULL = Config()
-QUICK = Config(gamma2=1e2, n=2048, epochs=60, seeds=1)
+QUICK = Config(gamma2=1e2, n=2048, epochs=60, seeds=1, learned_contrasts=(0.0, 4.0),
+               learned_seeds=3, learned_n=6000, learned_epochs=20)
 
 
 def settings(cfg: Config) -> list[dict]:
-    return [{"decoder": dec, "learn_noise": ln, "seeds": list(range(cfg.seeds))}
-            for dec in cfg.decoders for ln in (False, True)]
+    fixed = [{"decoder": dec, "learn_noise": ln, "seeds": list(range(cfg.seeds))}
+             for dec in cfg.decoders for ln in (False, True)]
+    grid = [[c, 1000 * i + s] for i, c in enumerate(cfg.learned_contrasts)
+            for s in range(cfg.learned_seeds)]
+    return fixed + [{"learner": name, "grid": grid} for name in LEARNERS]
 
 
 def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
+    if "learner" in setting:
+        return _run_learned(setting, cfg, progress)
     d = 3
     W = _weight(setting["decoder"], d)
     f = mixings.Linear(W)
@@ -94,17 +120,79 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
     return rows
 
 
+def _run_learned(setting: dict, cfg: Config, progress: bool) -> list[dict]:
+    d = 3
+    family, learn_noise = LEARNERS[setting["learner"]]
+    cs = {s: float(c) for c, s in setting["grid"]}
+    seeds = [s for _, s in setting["grid"]]
+    p0 = priors.logistic(d)
+    tr, va, te, tz, mixes = replica_datasets(
+        lambda s: mixings.LeakyLinear.with_row_contrast(cs[s], d, seed=s), p0, cfg.learned_n,
+        seeds)
+    R = len(seeds)
+    vae, guide = replica_vae(d, p0, torch.full((R,), cfg.learned_gamma2), seeds, family=family,
+                             learn_noise=learn_noise,
+                             init_scale=1 / math.sqrt(cfg.learned_gamma2))
+    fit = inference.fit(vae, guide, tr, va, epochs=cfg.learned_epochs, lr=cfg.learned_lr,
+                        patience=cfg.learned_patience, seed=seeds, progress=progress)
+    with torch.no_grad():
+        z_hat = guide.point_estimate(te)
+        J = metrics.jacobian(vae.decoder, z_hat)
+    rows = []
+    for r, s in enumerate(seeds):
+        values = {"mcc": metrics.mcc(tz[r], z_hat[r]).score,
+                  "decoder_c_row": float(metrics.row_contrast(J[r]).mean()),
+                  "decoder_c_ima": float(metrics.ima_contrast(J[r]).mean()),
+                  "mixing_c_row": cs[s]}
+        rows += [{"study": "encoder_side", "part": "learned_decoder",
+                  "learner": setting["learner"], "contrast": cs[s], "replica": r, "seed": s,
+                  "gamma2": cfg.learned_gamma2, "metric": k, "value": float(v)}
+                 for k, v in values.items()]
+    return mark_failed(rows, fit.failed)
+
+
+def _summarize_learned(rows: list[dict]) -> dict:
+    out = {}
+    for name in LEARNERS:
+        mine = [r for r in rows if r["learner"] == name]
+        per_c: dict = {}
+        for r in mine:
+            per_c.setdefault(r["contrast"], {}).setdefault(r["metric"], []).append(r["value"])
+        mcc = np.array([r["value"] for r in mine if r["metric"] == "mcc"])
+        c = np.array([r["contrast"] for r in mine if r["metric"] == "mcc"])
+        rho = float(stats.spearmanr(c, mcc).statistic) if len(set(c)) > 1 else float("nan")
+        out[name] = {"per_contrast": {k: {m: float(np.mean(v)) for m, v in ms.items()}
+                                      for k, ms in sorted(per_c.items())},
+                     "spearman_mcc_vs_c_row": rho}
+    return out
+
+
 def summarize(rows: list[dict]) -> dict:
+    """Part A: mean gap and contrasts per ``decoder/noise``; part B (``learned_decoder``): mean
+    metrics per learner and mixing contrast, and Spearman(MCC, c_row) per learner."""
     out: dict = {}
     for r in rows:
-        key = f"{r['decoder']}/{'learned_tau' if r['learn_noise'] else 'isotropic_noise'}"
-        out.setdefault(key, {}).setdefault(r["metric"], []).append(r["value"])
-    return {k: {m: sum(v) / len(v) for m, v in ms.items()} for k, ms in sorted(out.items())}
+        if r.get("part") != "learned_decoder":
+            key = f"{r['decoder']}/{'learned_tau' if r['learn_noise'] else 'isotropic_noise'}"
+            out.setdefault(key, {}).setdefault(r["metric"], []).append(r["value"])
+    out = {k: {m: sum(v) / len(v) for m, v in ms.items()} for k, ms in sorted(out.items())}
+    learned = [r for r in rows if r.get("part") == "learned_decoder"]
+    if learned:
+        out["learned_decoder"] = _summarize_learned(learned)
+    return out
 
 
 def claim(summary: dict) -> str:
     parts = []
     for key, m in summary.items():
+        if key == "learned_decoder":
+            for name, v in m.items():
+                pc = v["per_contrast"]
+                lo, hi = min(pc), max(pc)
+                parts.append(f"{name}: MCC {pc[lo]['mcc']:.2f} at c_row={lo:g} -> "
+                             f"{pc[hi]['mcc']:.2f} at c_row={hi:g} "
+                             f"(Spearman {v['spearman_mcc_vs_c_row']:.2f})")
+            continue
         target = "c_row" if key.endswith("learned_tau") else "c_conf"
         parts.append(f"{key}: gap {m['gap']:.3f} vs {target} {m[target]:.3f}")
     return "; ".join(parts)
@@ -113,15 +201,27 @@ def claim(summary: dict) -> str:
 def plot(rows: list[dict], summary: dict, path_stem) -> None:
     plt = pyplot()
 
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    keys = list(summary)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax = axes[0]
+    keys = [k for k in summary if k != "learned_decoder"]
     xs = range(len(keys))
     ax.bar([i - 0.27 for i in xs], [summary[k]["gap"] for k in keys], 0.27, label="gap")
     ax.bar(list(xs), [summary[k]["c_conf"] for k in keys], 0.27, label="c_conf")
     ax.bar([i + 0.27 for i in xs], [summary[k]["c_row"] for k in keys], 0.27, label="c_row")
-    ax.set_xticks(list(xs), [k.replace("/", "\\n") for k in keys], fontsize=7)
+    ax.set_xticks(list(xs), [k.replace("/", "\n") for k in keys], fontsize=7)
     ax.set_ylabel("nats")
-    ax.set_title("isotropic guide: fixed vs learned observation scales")
+    ax.set_title("A: isotropic guide, fixed linear decoders", fontsize=9)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for name in LEARNERS:
+        pts = np.array([(r["contrast"], r["value"]) for r in rows
+                        if r.get("learner") == name and r["metric"] == "mcc"])
+        if len(pts):
+            jitter = 0.08 if name.startswith("diag") else -0.08
+            ax.plot(pts[:, 0] + jitter, pts[:, 1], "o", alpha=0.6, label=name)
+    ax.set_xlabel("c_row of the mixing sigma(W z)")
+    ax.set_ylabel("MCC")
+    ax.set_title("B: learned decoders", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path_stem)
