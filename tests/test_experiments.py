@@ -26,7 +26,9 @@ def test_self_consistency_quick_slope_and_files(self_consistency_run):
     for f in ("results.csv", "results.json", "self_consistency.png", "self_consistency.pdf"):
         assert (out / f).exists()
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert len(rows) == 3 * 3 * 7  # gamma2 x seeds x metrics (5 measured + 2 training facts)
+    assert len(rows) == 3 * 3 * 9  # gamma2 x seeds x metrics (7 measured + 2 training facts)
+    # the encoder converges to the learned decoder's inverse (Prop. 1: slope about -1/2)
+    assert summary["summary"]["inverse_error"]["slope"] < 0
     assert summary["summary"]["training"]["replicas"] == 9
     assert {"replica", "seed", "gamma2", "metric", "value"} <= set(rows[0])
 

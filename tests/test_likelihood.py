@@ -147,3 +147,28 @@ def test_refined_gap_matches_theory_on_a_fixed_nonlinear_decoder(family, target)
     else:
         assert abs(float(approx_gap)) < 0.05
     assert_close(rep["c_ima"], metrics.ima_contrast(metrics.jacobian(f, f.inv(x))), atol=1e-5)
+
+
+def test_decoder_inverse_recovers_a_known_inverse_from_a_perturbed_start():
+    f = mixings.SmoothLeakyMLP(3, seed=4).double()
+    z_true = torch.randn(2, 50, 3, dtype=torch.float64)  # replica-shaped batch
+    x = f(z_true)
+    z, res = inference.decoder_inverse(f, x, z_true + 0.3 * torch.randn_like(z_true))
+    assert_close(z, z_true, atol=1e-8, rtol=0)
+    assert float(res.max()) < 1e-8
+
+
+def test_self_consistency_measures_the_distance_to_the_learned_decoders_inverse():
+    # a fixed (learned-style) decoder and an encoder mean offset from its inverse by delta
+    f = mixings.SmoothLeakyMLP(3, seed=1)
+    vae = models.GaussianVAE(f, priors.gaussian(3), 1e4)
+    guide = models.DiagonalGuide(vae, models.MLP(3, 6, seed=0), init_scale=0.01)
+    delta = torch.tensor([0.01, -0.02, 0.02])
+    guide.fix_loc(lambda x: f.inv(x) + delta)
+    x = f(torch.randn(40, 3))
+    out = inference.self_consistency(vae, guide, x, inverse=f.inv)
+    want = torch.full((40,), float(delta.norm()))
+    assert_close(out["decoder_inverse_error"], want, atol=1e-4, rtol=0)
+    assert_close(out["inverse_error"], want, atol=1e-4, rtol=0)
+    assert float(out["decoder_inverse_residual"].max()) < 1e-4
+    assert_close(out["reconstruction_error"], (f(f.inv(x) + delta) - x).norm(dim=-1))

@@ -15,7 +15,7 @@ from .elbo import as_replica_batch, elbo_per_point, standard_noise
 from .likelihood import exact_log_px, importance_log_px, laplace_precision
 
 __all__ = ["predicted_gap", "predicted_variances", "refine_elbo", "gap_report",
-           "self_consistency"]
+           "self_consistency", "decoder_inverse"]
 
 
 def predicted_gap(P: torch.Tensor, family: str) -> torch.Tensor:
@@ -146,16 +146,52 @@ def refine_elbo(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor
     return (elbo_star, guides) if return_guides else elbo_star
 
 
+def decoder_inverse(decoder, x: torch.Tensor, z0: torch.Tensor, *, steps: int = 30,
+                    tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """``g(x)``, the preimage of ``x`` under a square decoder ``f``, by Newton's method on
+    ``f(z) = x`` started at ``z0`` (e.g. the encoder mean); the inverse of a *learned* decoder,
+    which has no closed form. Stops when every step is below ``tol`` (relative to ``1 + |z|``).
+
+    Returns ``(z, residual)`` with ``residual = ||f(z) - x||`` per point: a point whose
+    residual is not small has no preimage near ``z0`` (``x`` outside the decoder's range there).
+    """
+    check_int("steps", steps)
+    z = z0.detach().clone()
+    with torch.no_grad():
+        for _ in range(steps):
+            r = decoder(z) - x
+            J = jacobian(decoder, z)
+            if J.shape[-1] != J.shape[-2]:
+                raise ValueError(f"decoder: expected a square Jacobian (D = d), got "
+                                 f"{tuple(J.shape[-2:])}")
+            step = torch.linalg.lstsq(J, r.unsqueeze(-1)).solution.squeeze(-1)
+            z = z - step
+            if float((step.abs() / (1 + z.abs())).max()) < tol:
+                break
+        residual = torch.linalg.vector_norm(decoder(z) - x, dim=-1)
+    return z, residual
+
+
 def self_consistency(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor,
                      inverse=None) -> dict[str, torch.Tensor]:
-    """Per-point ``||f(mu(x)) - x||``, ``||mu(x) - g(x)||`` (with a known ``inverse``) and the
-    guide's variances (mean over latents), next to ``1 / gamma2``."""
+    """Per-point self-consistency of the encoder and decoder (Prop. 1), ``(N,)`` or ``(R, N)``.
+
+    Keys: ``reconstruction_error`` ``||f(mu(x)) - x||``; ``decoder_inverse_error``
+    ``||mu(x) - g(x)||`` with ``g`` the *learned* decoder's inverse (:func:`decoder_inverse`
+    from ``mu(x)``; square decoders only) and ``decoder_inverse_residual`` (how exactly ``g(x)``
+    was found); ``inverse_error`` ``||mu(x) - inverse(x)||`` for a known ``inverse`` (e.g. the
+    true mixing's); ``encoder_variance`` (mean over latents) and ``inverse_gamma2``.
+    """
     x = as_replica_batch(vae, x)
     with torch.no_grad():
         z = guide.point_estimate(x)
         out = {"reconstruction_error": torch.linalg.vector_norm(vae.decoder(z) - x, dim=-1),
                "encoder_variance": guide.covariance(x).diagonal(dim1=-2, dim2=-1).mean(-1),
                "inverse_gamma2": (1.0 / vae.gamma2).reshape(vae.gamma2.shape[:1] or ())}
+        if x.shape[-1] == z.shape[-1] and vae.obs_event_dim == 1:
+            g, res = decoder_inverse(vae.decoder, x, z)
+            out["decoder_inverse_error"] = torch.linalg.vector_norm(z - g, dim=-1)
+            out["decoder_inverse_residual"] = res
         if inverse is not None:
             out["inverse_error"] = torch.linalg.vector_norm(z - inverse(x), dim=-1)
     return out
