@@ -132,10 +132,12 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, m in zip(axes, MIXES, strict=True):
         s = summary[m]
-        for key, style in (("elbo_star", "o-"), ("log_px_is", "s--"), ("log_px_exact", "k-"),
-                           ("l_ima", "r:")):
+        for key, style, label in (("elbo_star", "o-", "ELBO* (refined per point)"),
+                                  ("log_px_is", "s--", "log p, IS at this gamma"),
+                                  ("log_px_exact", "k-", "log p, change of variables"),
+                                  ("l_ima", "r:", "L_IMA = log p - C_IMA")):
             g = list(s[key])
-            ax.semilogx(g, list(s[key].values()), style, label=key)
+            ax.semilogx(g, list(s[key].values()), style, label=label)
         ax.set_xlabel("gamma^2")
         ax.set_title(f"{m} mixing (C_IMA {next(iter(s['c_ima'].values())):.2f})")
         ax.legend(fontsize=8)

@@ -85,11 +85,14 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def claim(summary: dict) -> str:
-    mcc = summary["mcc"]
-    gs = sorted(mcc)
-    lo, hi = mcc[gs[0]][0], mcc[gs[-1]][0]
-    return (f"MCC {lo:.2f} at gamma2={gs[0]:g} -> {hi:.2f} at gamma2={gs[-1]:g} "
-            f"(reference ~0.15 -> 0.96): rises with gamma2: {'held' if hi > lo else 'not held'}")
+    mcc, c = summary["mcc"], summary["c_ima"]
+    ref = {float(g): v for g, v in summary["reference_mcc"].items()}
+    per = ", ".join(f"{float(g):g}: {m:.2f}" + (f" (ref {ref[float(g)]:.2f})"
+                                                if float(g) in ref else "")
+                    for g, (m, _) in mcc.items())
+    gs = list(c)
+    return (f"MCC by gamma2 {per}; learned decoder c_IMA {c[gs[0]][0]:.3f} at gamma2="
+            f"{float(gs[0]):g} -> {c[gs[-1]][0]:.3f} at {float(gs[-1]):g}")
 
 
 def plot(rows: list[dict], summary: dict, path_stem) -> None:

@@ -89,6 +89,19 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
     return mark_failed(rows, fit.failed)
 
 
+INVERSE_FOUND = 1e-3  # max ||f(g(x)) - x|| over a replica's points for its g(x) to count
+
+
+def _inverse_rows(rows):
+    """``inverse_error`` rows of the replicas whose decoder was inverted at every evaluation
+    point (at small gamma2 a learned decoder can ignore a latent; it then has no inverse and
+    Newton's method diverges: those replicas say nothing about Prop. 1)."""
+    found = {(r["seed"], r["gamma2"]) for r in rows
+             if r["metric"] == "inverse_residual_max" and r["value"] < INVERSE_FOUND}
+    return [r for r in rows if r["metric"] == "inverse_error" and (r["seed"], r["gamma2"])
+            in found]
+
+
 def _slope(rows, metric):
     pts = [(math.log10(r["gamma2"]), math.log10(r["value"])) for r in rows
            if r["metric"] == metric and r["value"] > 0]
@@ -99,20 +112,28 @@ def _slope(rows, metric):
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Fitted log-log slopes against gamma2 with 95% intervals."""
+    """Fitted log-log slopes against gamma2 with 95% intervals (``inverse_error`` over the
+    replicas whose decoder could be inverted; ``inverse_found`` counts them per gamma2)."""
+    inv = _inverse_rows(rows)
     out = {m: _slope(rows, m) for m in ("encoder_variance", "reconstruction_error",
-                                        "inverse_error")}
-    return {**out, "training": training_summary(rows)}
+                                        "true_inverse_error")}
+    out["inverse_error"] = _slope(inv, "inverse_error")
+    found: dict = {}
+    for r in inv:
+        found[r["gamma2"]] = found.get(r["gamma2"], 0) + 1
+    return {**out, "inverse_found": found, "training": training_summary(rows)}
 
 
 def plot(rows: list[dict], summary: dict, path_stem) -> None:
     plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    inv = _inverse_rows(rows)
     for ax, metrics_ in zip(axes[:2], [("encoder_variance",),
                                        ("reconstruction_error", "inverse_error")], strict=True):
         for m in metrics_:
-            pts = [(r["gamma2"], r["value"]) for r in rows if r["metric"] == m]
+            pts = [(r["gamma2"], r["value"]) for r in (inv if m == "inverse_error" else rows)
+                   if r["metric"] == m]
             g, v = np.array(pts).T
             s = summary[m]
             ax.loglog(g, v, "o", alpha=0.5, label=f"{m} (slope {s['slope']:.2f})")
@@ -139,7 +160,9 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
 def claim(summary: dict) -> str:
     s = summary["encoder_variance"]
     held = s["ci95"][0] <= -1 <= s["ci95"][1] or abs(s["slope"] + 1) < 0.1
+    e, i = summary["reconstruction_error"], summary["inverse_error"]
     return (f"variance slope {s['slope']:.3f} (95% CI {s['ci95'][0]:.3f}..{s['ci95'][1]:.3f}); "
-            f"Prop. 1 expects -1: {'held' if held else 'not held'}")
-
-
+            f"Prop. 1 expects -1: {'held' if held else 'not held'}; error slopes (about -1/2 "
+            f"expected): ||f(mu(x)) - x|| {e['slope']:.2f} ({e['ci95'][0]:.2f}..{e['ci95'][1]:.2f})"
+            f", ||mu(x) - g(x)|| {i['slope']:.2f} ({i['ci95'][0]:.2f}..{i['ci95'][1]:.2f}) over "
+            f"{i['n']} replicas whose decoder was invertible")
