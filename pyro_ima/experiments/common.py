@@ -35,14 +35,17 @@ class TrainingConfig:
     lr: float = 1e-3
 
 
-def grid_settings(values: Sequence, seeds: Sequence[int], per_setting: int) -> list[dict]:
+def grid_settings(values: Sequence, seeds: Sequence[int], per_setting: int, *,
+                  paired: bool = True) -> list[dict]:
     """The grid ``values x seeds`` as settings of at most ``per_setting`` replicas each.
 
     Each setting is ``{"grid": [[value, seed], ...]}`` and trains as one replica batch: on a
     CPU a batch of ~100 replicas runs at ~1.8x the replica-steps/s of a batch of 20, while a
-    sweep killed part-way still resumes at setting granularity.
+    sweep killed part-way still resumes at setting granularity. ``paired``: every value uses
+    the same seeds (a paired design, e.g. over gamma2); otherwise value ``i`` uses seeds
+    ``1000 i + s`` (e.g. a different mixing per replica).
     """
-    grid = [[v, s] for v in values for s in seeds]
+    grid = [[v, s if paired else 1000 * i + s] for i, v in enumerate(values) for s in seeds]
     return [{"grid": grid[i:i + per_setting]} for i in range(0, len(grid), per_setting)]
 
 

@@ -26,7 +26,7 @@ import torch
 from scipy import stats
 
 from .. import inference, metrics, mixings, models, priors
-from .common import mark_failed, pyplot, replica_datasets, replica_vae, save_figure
+from .common import grid_settings, mark_failed, pyplot, replica_datasets, replica_vae, save_figure
 
 LEARNERS = {"isotropic_learned_tau": ("isotropic", True),
             "diagonal_isotropic_noise": ("diagonal", False)}
@@ -68,8 +68,9 @@ QUICK = Config(gamma2=1e2, n=2048, epochs=60, seeds=1, learned_contrasts=(0.0, 4
 def settings(cfg: Config) -> list[dict]:
     fixed = [{"decoder": dec, "learn_noise": ln, "seeds": list(range(cfg.seeds))}
              for dec in cfg.decoders for ln in (False, True)]
-    grid = [[c, 1000 * i + s] for i, c in enumerate(cfg.learned_contrasts)
-            for s in range(cfg.learned_seeds)]
+    everything = len(cfg.learned_contrasts) * cfg.learned_seeds  # one batch per learner
+    grid = grid_settings(cfg.learned_contrasts, range(cfg.learned_seeds), everything,
+                         paired=False)[0]["grid"]
     return fixed + [{"learner": name, "grid": grid} for name in LEARNERS]
 
 

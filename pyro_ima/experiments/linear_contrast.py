@@ -19,6 +19,7 @@ from .. import inference, metrics, mixings, priors
 from .common import (
     TrainingConfig,
     fit_values,
+    grid_settings,
     mark_failed,
     pyplot,
     replica_datasets,
@@ -45,10 +46,8 @@ QUICK = Config(contrasts=(0.0, 6.0), seeds_per_contrast=3, n=6000, epochs=20, pa
 
 def settings(cfg: Config) -> list[dict]:
     """Every (contrast, seed) pair; seeds differ across contrasts (``1000 i + s``)."""
-    grid = [[c, 1000 * i + s] for i, c in enumerate(cfg.contrasts)
-            for s in range(cfg.seeds_per_contrast)]
-    n = cfg.replicas_per_setting
-    return [{"grid": grid[i:i + n]} for i in range(0, len(grid), n)]
+    return grid_settings(cfg.contrasts, range(cfg.seeds_per_contrast),
+                         cfg.replicas_per_setting, paired=False)
 
 
 def _mixing(c: float, seed: int):
