@@ -59,5 +59,8 @@ def test_is_estimate_never_above_the_truth_in_expectation(seed, k):
     guide = models.DiagonalGuide(vae, OracleEncoder(lg, "diagonal"))
     x = lg.sample(20, seed=seed)
     res = inference.importance_log_px(vae, guide, x, num_samples=k, seed=seed, khat_warn=1.0)
-    # Jensen: E[log p_K] <= log p; the mean over 20 points and its noise stay below + 0.05
-    assert float((res.log_px - lg.log_px(x)).mean()) < 0.05
+    # Jensen: E[log p_K] <= log p. The mean over 20 points carries Monte Carlo noise (standard
+    # error ~0.05-0.08 here), so the bound is three standard errors above 0; a bias such as a
+    # missing -log K (+1.6 for K = 5) would still fail it.
+    diff = res.log_px - lg.log_px(x)
+    assert float(diff.mean()) < 3 * float(diff.std()) / len(diff) ** 0.5
