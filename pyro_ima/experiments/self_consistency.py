@@ -66,7 +66,7 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
     fit = inference.fit(vae, guide, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size,
                         lr=cfg.lr, patience=cfg.patience, seed=seeds, progress=progress)
     x = te[:, : cfg.eval_points]
-    sc = inference.self_consistency(vae, guide, x, inverse=None)
+    sc = inference.self_consistency(vae, guide, x)
     with torch.no_grad():
         loc = guide.loc(x)
         P = inference.laplace_precision(vae, guide, loc)
@@ -121,7 +121,13 @@ def summarize(rows: list[dict]) -> dict:
     found: dict = {}
     for r in inv:
         found[r["gamma2"]] = found.get(r["gamma2"], 0) + 1
-    return {**out, "inverse_found": found, "training": training_summary(rows)}
+    ratio: dict = {}
+    for r in rows:
+        if r["metric"] == "variance_ratio_learned_over_predicted":
+            ratio.setdefault(r["gamma2"], []).append(r["value"])
+    return {**out, "inverse_found": found,
+            "median_variance_ratio": {g: float(np.median(v)) for g, v in sorted(ratio.items())},
+            "training": training_summary(rows)}
 
 
 def plot(rows: list[dict], summary: dict, path_stem) -> None:
