@@ -59,7 +59,7 @@ def is_handwritten(points, samples, chunk=100):
         for s in range(0, points, chunk):
             xs = x[s:s + chunk]
             h = guide.encoder(xs)
-            loc, scale = h[:, :3], torch.nn.functional.softplus(h[:, 3:] + guide._raw_shift)
+            loc, scale = h[:, :3], torch.nn.functional.softplus(h[:, 3:] + guide.raw_shift)
             eps = torch.randn(samples, xs.shape[0], 3, generator=g)
             z = loc + scale * eps
             obs = torch.distributions.Normal(vae.decoder(z), vae.obs_scale())

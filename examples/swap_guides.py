@@ -1,8 +1,8 @@
 """Swap guide families on a fixed linear decoder and compare the gap with its closed form.
 
-For x = W z + noise (z ~ N(0, I)) the optimal ELBO of each family is log p(x) minus a known gap:
-diagonal 1/2 (sum log P_kk - log det P), isotropic 1/2 (d log(tr P / d) - log det P), full 0,
-with P = I + gamma2 W^T W.
+For x = W z + noise (z ~ N(0, I)) the optimal ELBO of each family is log p(x) minus a known gap
+(pyro_ima.linear_gaussian): diagonal 1/2 (sum log P_kk - log det P), isotropic
+1/2 (d log(tr P / d) - log det P), full 0, with P = I + gamma2 W^T W.
 
     python examples/swap_guides.py --gamma2 100
 """
@@ -11,28 +11,24 @@ import argparse
 
 import torch
 
-from pyro_ima import inference, mixings, models, priors
+from pyro_ima import inference, models
+from pyro_ima.linear_gaussian import LinearGaussian
 
 
 def main(args):
-    d, g2 = args.dim, args.gamma2
-    gen = torch.Generator().manual_seed(args.seed)
+    d = args.dim
     W = torch.eye(d) + 0.8 * torch.triu(torch.ones(d, d), 1)  # a shear: columns not orthogonal
-    P = torch.eye(d) + g2 * W.T @ W
-    gaps = {"diagonal": 0.5 * (P.diagonal().log().sum() - P.logdet()),
-            "isotropic": 0.5 * (d * (P.trace() / d).log() - P.logdet()),
-            "full": torch.tensor(0.0)}
-    cov_x = W @ W.T + torch.eye(d) / g2
-    x = torch.randn(args.n, d, generator=gen) @ torch.linalg.cholesky(cov_x).T
-    log_px = torch.distributions.MultivariateNormal(torch.zeros(d), cov_x).log_prob(x).mean()
+    lg = LinearGaussian(W, args.gamma2)
+    x = lg.sample(args.n, seed=args.seed)
+    log_px = lg.log_px(x).mean()
     for family, cls in models.GUIDES.items():  # the only thing that changes is the class
-        vae = models.GaussianVAE(mixings.Linear(W), priors.gaussian(d), g2)
+        vae = lg.vae()
         guide = cls(vae, models.MLP(d, cls.num_outputs(d), hidden=(), seed=args.seed),
                     init_scale=0.1)
         inference.fit(vae, guide, x, x, epochs=args.epochs, lr=1e-2, seed=args.seed)
         elbo = inference.elbo_per_point(vae, guide, x, num_particles=50).mean()
         print(f"{family:9s} gap {float(log_px - elbo):6.3f}   "
-              f"closed form {float(gaps[family]):6.3f}")
+              f"closed form {float(lg.gap(cls)):6.3f}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 import argparse
 
 from pyro_ima import data, inference, mixings, models, priors
+from pyro_ima.progress import EpochProgress
 
 
 def main(args):
@@ -15,12 +16,13 @@ def main(args):
     vae = models.GaussianVAE(models.MLP(args.dim, args.dim, seed=args.seed), p0, args.gamma2)
     family = models.GUIDES[args.guide]
     guide = family(vae, models.MLP(args.dim, family.num_outputs(args.dim), seed=args.seed + 1))
+    progress = [] if args.quiet else [EpochProgress(args.epochs, "train")]
     run = inference.fit(vae, guide, ds.train, ds.val, epochs=args.epochs, patience=10,
-                        seed=args.seed, progress=not args.quiet)
+                        seed=args.seed, callbacks=progress)
     for name in ("train", "val", "test"):
         elbo = inference.elbo_per_point(vae, guide, getattr(ds, name).x, num_particles=10)
         print(f"{name:5s} ELBO {float(elbo.mean()):8.3f}")
-    print(f"best epoch {run.best_epoch} of {run.epochs_run}")
+    print(f"best epoch {int(run.best_epoch[0])} of {run.epochs_run}")
     return run
 
 

@@ -1,7 +1,8 @@
 """pyro-ima: what the ELBO does to a VAE's representation, measured with Pyro."""
 
-from . import data, inference, metrics, mixings, models, priors, sprites
+__version__ = "0.2.0"
 
-__version__ = "0.1.0"
+from . import data, fileio, inference, linear_gaussian, metrics, mixings, models, priors, sprites
 
-__all__ = ["data", "inference", "metrics", "mixings", "sprites", "models", "priors", "__version__"]
+__all__ = ["data", "fileio", "inference", "linear_gaussian", "metrics", "mixings", "sprites",
+           "models", "priors", "__version__"]

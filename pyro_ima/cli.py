@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import models, priors
+from .inference import summary_line
 
 __all__ = ["main", "build_parser"]
 
@@ -77,6 +78,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-samples", type=_int_at_least(1), default=None,
                    help="importance samples per point (default 500; 100 for sprites)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device_args(p)
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu",
+                   help="where to compute: cpu, cuda, cuda:1, ... (default %(default)s)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="floating-point precision (default %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,10 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "contrasts, importance-sampled log p with PSIS k-hat and the "
                                    "gap, and write RUN_DIR/metrics.json.")
     p.add_argument("run_dir", help="a directory written by `pyro-ima train`")
-    p.add_argument("--points", type=_int_at_least(1), default=500,
-                   help="test points for importance sampling (default %(default)s)")
-    p.add_argument("--samples", type=_int_at_least(1), default=1000,
-                   help="importance samples per point K (default %(default)s)")
+    p.add_argument("--points", type=_int_at_least(1), default=None,
+                   help="test points for importance sampling (default: the run's, 500; 100 "
+                        "for sprites)")
+    p.add_argument("--samples", type=_int_at_least(1), default=None,
+                   help="importance samples per point K (default: the run's, 500; 100 for "
+                        "sprites)")
+    _add_device_args(p)
     from .experiments import STUDIES
     p = sub.add_parser("experiment", help="run (or resume) one study of the paper",
                        description="Run one study; writes OUT/results.csv, results.json, "
@@ -108,10 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-run the study (same name and size) that wrote this results.json")
     p.add_argument("--out", default=None, help="output directory (default runs/NAME[-quick])")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device_args(p)
     p = sub.add_parser("demo", help="the main job: closed-form gap check + a Moebius VAE, "
                                     "printed and drawn")
     p.add_argument("--out", default="runs/demo", help="output directory (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device_args(p)
     return parser
 
 
@@ -122,39 +136,29 @@ def _cmd_train(args) -> int:
                     fixed_decoder=args.fixed_decoder, hidden=args.hidden, n=args.n,
                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     patience=args.patience, init_scale=args.init_scale, seed=args.seed,
-                    eval_points=args.eval_points, eval_samples=args.eval_samples)
+                    eval_points=args.eval_points, eval_samples=args.eval_samples,
+                    device=args.device, dtype=args.dtype)
     results, _ = train_run(cfg, args.out, progress=not args.quiet)
     e = results["elbo"]
     print(f"trained {cfg.guide} guide, {results['epochs_run']} epochs in "
           f"{results['seconds']:.1f}s: ELBO train {e['train']:.3f} val {e['val']:.3f} "
           f"test {e['test']:.3f} -> {args.out}/results.json")
-    print(format_metrics(results["metrics"]))
+    print(summary_line(results["metrics"]))
     return 0
 
 
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.2f}"
-
-
-def format_metrics(m: dict) -> str:
-    """One line of the headline metrics."""
-    line = (f"MCC {m['mcc_pearson']:.3f} (Spearman {m['mcc_spearman']:.3f})  "
-            f"c_IMA {m['c_ima']:.3f}  c_conf {m['c_conf']:.3f}  ELBO {m['elbo']:.3f}  "
-            f"IS log p {m['log_px_is']:.3f} (k-hat median {_fmt(m['khat_median'])}, "
-            f"{m['khat_frac_above_0_7']:.0%} > 0.7)  gap {m['gap']:.3f}")
-    if "log_px_exact" in m:
-        line += f"  exact log p {m['log_px_exact']:.3f}"
-    return line
-
-
 def _cmd_evaluate(args) -> int:
-    from ._utils import atomic_write_json
+    import dataclasses
+
+    from .fileio import atomic_write_json
     from .runs import evaluate, load_run
-    _, cfg, ds, vae, guide = load_run(args.run_dir)
-    m = evaluate(ds, vae, guide, mixing=ds.mixing, num_points=args.points,
-                 num_samples=args.samples, seed=cfg.seed)
+    _, cfg, ds, vae, guide = load_run(args.run_dir, device=args.device, dtype=args.dtype)
+    sizes = {k: v for k, v in (("points", args.points), ("is_samples", args.samples))
+             if v is not None}
+    m = evaluate(ds, vae, guide, config=dataclasses.replace(cfg.eval_config(), **sizes),
+                 seed=cfg.seed)
     atomic_write_json(f"{args.run_dir}/metrics.json", m)
-    print(format_metrics(m))
+    print(summary_line(m))
     return 0
 
 
@@ -178,14 +182,15 @@ def _resolve_study(args) -> None:
 
 def _cmd_experiment(args) -> int:
     from .experiments import run_study
-    meta = run_study(args.name, args.out, quick=args.quick, progress=not args.quiet)
+    meta = run_study(args.name, args.out, quick=args.quick, progress=not args.quiet,
+                     device=args.device, dtype=args.dtype)
     print(f"{args.name}: {meta['claim']} ({meta['seconds']:.0f}s) -> {args.out}")
     return 0
 
 
 def _cmd_demo(args) -> int:
     from .demo import run_demo
-    run_demo(args.out, progress=not args.quiet)
+    run_demo(args.out, progress=not args.quiet, device=args.device, dtype=args.dtype)
     return 0
 
 
@@ -195,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "experiment":
             _resolve_study(args)
-        from .runs import check_out_dir
+        from ._utils import parse_device
+        from .fileio import check_out_dir
+        parse_device(args.device)
         if args.command == "evaluate":
             from pathlib import Path
             if not Path(args.run_dir).is_dir():

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._utils import check_int, derive_seed, short_reason
+from ._utils import check_int, derive_seed, device_of, generator, seeded_rng, short_reason
 
 __all__ = ["Split", "Dataset", "make_dataset", "save_dataset", "load_dataset"]
 
@@ -56,16 +56,16 @@ def make_dataset(mixing: Callable[[torch.Tensor], torch.Tensor],
         raise ValueError(f"split: expected three positive fractions summing to 1, got {split}")
     if noise_std < 0:
         raise ValueError(f"noise_std: expected >= 0, got {noise_std}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, _LATENT_STREAM))
+    device = device_of(prior)
+    with seeded_rng(derive_seed(seed, _LATENT_STREAM), device):
         z = prior.sample((n,))
     with torch.no_grad():
         x = mixing(z)
     if noise_std > 0:
-        g = torch.Generator().manual_seed(derive_seed(seed, _NOISE_STREAM))
-        x = x + noise_std * torch.randn(x.shape, generator=g)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(
-        derive_seed(seed, _SPLIT_STREAM)))
+        g = generator(derive_seed(seed, _NOISE_STREAM), x.device)
+        x = x + noise_std * torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+    perm = torch.randperm(n, generator=generator(derive_seed(seed, _SPLIT_STREAM)),
+                          device="cpu").to(x.device)
     n_train, n_val = int(round(split[0] * n)), int(round(split[1] * n))
     parts = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
     if any(len(p) == 0 for p in parts):
@@ -86,7 +86,7 @@ def save_dataset(ds: Dataset, path) -> None:
     made, and :func:`load_dataset` returns the tensors (the caller rebuilds the mixing from its
     seed, e.g. ``mixings.Moebius(dim, seed=...)``).
     """
-    from ._utils import atomic_torch_save
+    from .fileio import atomic_torch_save
     payload = {"format": _FORMAT, "config": dict(ds.config)}
     for name in ("train", "val", "test"):
         split = getattr(ds, name)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
-import pyro.optim
 import torch
 
-from . import inference, metrics, mixings, models, priors
-from ._utils import atomic_write_json
-from .cli import format_metrics
-from .runs import RunConfig, check_out_dir, package_versions, train_run
+from . import inference, metrics, models
+from ._utils import parse_device, parse_dtype, torch_defaults
+from .fileio import atomic_write_json, check_out_dir, package_versions
+from .linear_gaussian import LinearGaussian
+from .progress import EpochProgress
+from .runs import RunConfig, train_run
 
 __all__ = ["run_demo", "linear_gaussian_check"]
 
@@ -22,38 +22,27 @@ def linear_gaussian_check(d: int = 3, gamma2: float = 1e2, seed: int = 0, n: int
     """Train each guide family against a fixed linear decoder and compare with closed forms.
 
     ``x = W z + e`` with ``z ~ N(0, I)``, ``e ~ N(0, 1/gamma2 I)``: ``log p(x)`` is Gaussian and
-    the optimal ELBO of each family is ``log p(x) - gap`` with the gaps of THEORY.md.
-    ``W`` has singular values (0.5, 1, 2) and random singular vectors (seeded).
+    the optimal ELBO of each family is ``log p(x) - gap`` (:class:`LinearGaussian`). ``W`` has
+    singular values log-spaced in ``[0.5, 2]`` and random singular vectors (seeded).
     """
-    g = torch.Generator().manual_seed(seed)
-    u, _, vt = torch.linalg.svd(torch.randn(d, d, generator=g, dtype=torch.float64))
-    W = u @ torch.diag(torch.logspace(math.log10(0.5), math.log10(2.0), d).double()) @ vt
-    P = torch.eye(d, dtype=torch.float64) + gamma2 * W.T @ W
-    logdet = torch.logdet(P)
-    gaps = {"diagonal": 0.5 * (torch.log(P.diagonal()).sum() - logdet),
-            "isotropic": 0.5 * (d * torch.log(P.trace() / d) - logdet),
-            "full": torch.zeros((), dtype=torch.float64)}
-    cov_x = W @ W.T + torch.eye(d, dtype=torch.float64) / gamma2
-    px = torch.distributions.MultivariateNormal(torch.zeros(d, dtype=torch.float64), cov_x)
-    # Sample through the private generator: x = chol(Cov_x) eps.
-    eps = torch.randn(n + 512, d, generator=g, dtype=torch.float64)
-    x = eps @ torch.linalg.cholesky(cov_x).T
-    x_train, x_val = x[:n].float(), x[n:].float()
-    log_px = px.log_prob(x[n:]).mean()
+    lg = LinearGaussian.random(d, gamma2, seed=seed,
+                               singular_values=torch.logspace(-0.30103, 0.30103, d))
+    x = lg.sample(n + 512, seed=seed + 1)
+    x_train, x_val = x[:n], x[n:]
+    log_px = lg.log_px(x_val).mean()
     rows = []
     for family, cls in models.GUIDES.items():
-        vae = models.GaussianVAE(mixings.Linear(W.float()), priors.gaussian(d), gamma2)
+        vae = lg.vae()
         guide = cls(vae, models.MLP(d, cls.num_outputs(d), hidden=(), seed=seed),
                     init_scale=0.1)
-        optim = pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam,
-                                          "optim_args": {"lr": 3e-2},
-                                          "gamma": (1 / 30) ** (1 / epochs)})
-        inference.fit(vae, guide, x_train, x_val, epochs=epochs, batch_size=64, optim=optim,
-                      seed=seed, progress=progress)
+        callbacks = [EpochProgress(epochs, f"linear VAE, {family}")] if progress else []
+        inference.fit(vae, guide, x_train, x_val, epochs=epochs, lr=3e-2, lr_end=1e-3,
+                      seed=seed, callbacks=callbacks)
         elbo = inference.elbo_per_point(vae, guide, x_val, num_particles=100, seed=seed + 1)
+        gap = float(lg.gap(cls))
         rows.append({"family": family, "elbo": float(elbo.mean()),
-                     "closed_form_elbo": float(log_px - gaps[family]),
-                     "log_px": float(log_px), "closed_form_gap": float(gaps[family]),
+                     "closed_form_elbo": float(log_px) - gap, "log_px": float(log_px),
+                     "closed_form_gap": gap,
                      "measured_gap": float(log_px - elbo.double().mean())})
     return rows
 
@@ -76,10 +65,11 @@ def _figure(path: Path, rows: list[dict], history: list[dict], z_true, z_est) ->
     ax.legend()
     ax = axes[1]
     ax.plot([h["epoch"] for h in history], [h["train_elbo"] for h in history], label="train")
-    ax.plot([h["epoch"] for h in history], [h["val_elbo"] for h in history], label="validation")
+    ax.plot([h["epoch"] for h in history], [h["val_elbo"][0] for h in history],
+            label="validation")
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO per point")
-    last = [h["val_elbo"] for h in history][-1]
+    last = history[-1]["val_elbo"][0]
     ax.set_ylim(last - 20, last + 5)
     ax.set_title("Moebius VAE training")
     ax.legend()
@@ -95,30 +85,33 @@ def _figure(path: Path, rows: list[dict], history: list[dict], z_true, z_est) ->
     plt.close(fig)
 
 
-def run_demo(out: str = "runs/demo", progress: bool = True) -> dict:
+def run_demo(out: str = "runs/demo", progress: bool = True, device: str = "cpu",
+             dtype: str = "float32") -> dict:
     """Runs the main job and writes ``demo.json`` and ``demo.png`` to ``out``."""
     out_dir = check_out_dir(out)
     t0 = time.perf_counter()
     print("1) Linear Gaussian VAE (d=3, gamma2=1e2, decoder fixed): ELBO per guide family "
           "vs closed form")
-    rows = linear_gaussian_check(progress=progress)
+    with torch_defaults(parse_device(device), parse_dtype(dtype)):
+        rows = linear_gaussian_check(progress=progress)
     print(f"   {'family':10s} {'ELBO':>9s} {'closed form':>12s} {'gap':>7s} {'predicted':>10s}")
     for r in rows:
         print(f"   {r['family']:10s} {r['elbo']:9.3f} {r['closed_form_elbo']:12.3f} "
               f"{r['measured_gap']:7.3f} {r['closed_form_gap']:10.3f}")
     cfg = RunConfig(mixing="moebius", prior="uniform", dim=3, guide="diagonal", gamma2=1e4,
-                    n=20_000, epochs=40, patience=10, init_scale=0.01, seed=0)
+                    n=20_000, epochs=40, patience=10, init_scale=0.01, seed=0, device=device,
+                    dtype=dtype)
     print(f"2) VAE on Moebius data (d={cfg.dim}, uniform prior, gamma2={cfg.gamma2:g}, "
           f"{cfg.guide} guide, n={cfg.n})")
     results, (ds, vae, guide, fit) = train_run(cfg, out_dir / "moebius", progress=progress)
     e = results["elbo"]
-    print(f"   {fit.epochs_run} epochs ({fit.seconds:.1f}s), best epoch {fit.best_epoch}: "
+    print(f"   {fit.epochs_run} epochs ({fit.seconds:.1f}s), best epoch {int(fit.best_epoch[0])}: "
           f"ELBO train {e['train']:.3f}  val {e['val']:.3f}  test {e['test']:.3f}")
-    print(f"   {format_metrics(results['metrics'])}")
+    print(f"   {inference.summary_line(results['metrics'])}")
     with torch.no_grad():
-        z_est = guide.point_estimate(ds.test.x).numpy()
+        z_est = guide.point_estimate(ds.test.x.to(vae.device, vae.dtype)).cpu().numpy()
     matching = metrics.mcc(ds.test.z, z_est).matching
-    _figure(out_dir / "demo.png", rows, fit.history, ds.test.z.numpy(), z_est[:, matching])
+    _figure(out_dir / "demo.png", rows, fit.history, ds.test.z.cpu().numpy(), z_est[:, matching])
     summary = {"kind": "pyro_ima.demo", "versions": package_versions(), "linear_gaussian": rows,
                "moebius": {"config": cfg.to_dict(), "elbo": e, "epochs_run": fit.epochs_run,
                            "metrics": results["metrics"]},

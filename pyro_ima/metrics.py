@@ -47,7 +47,8 @@ def jacobian(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *,
                 y = fn(zc[..., :1, :])
             m = "fwd" if d <= math.prod(y.shape[zc.dim() - 1:]) else "rev"
         if m == "fwd":
-            basis = torch.eye(d, dtype=zc.dtype).reshape((d,) + (1,) * (zc.dim() - 1) + (d,))
+            basis = torch.eye(d, dtype=zc.dtype, device=zc.device)
+            basis = basis.reshape((d,) + (1,) * (zc.dim() - 1) + (d,))
             basis = basis.expand((d,) + zc.shape)
 
             def column(t, zc=zc):
@@ -60,7 +61,8 @@ def jacobian(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *,
             y, vjp_fn = torch.func.vjp(fn, zc)
             lead, event = y.shape[:zc.dim() - 1], y.shape[zc.dim() - 1:]
             D = math.prod(event)
-            basis = torch.eye(D, dtype=y.dtype).reshape((D,) + (1,) * len(lead) + event)
+            basis = torch.eye(D, dtype=y.dtype, device=y.device)
+            basis = basis.reshape((D,) + (1,) * len(lead) + event)
             rows = torch.func.vmap(lambda c, f=vjp_fn: f(c)[0])(basis.expand((D,) + y.shape))
             out.append(torch.movedim(rows, 0, -2))  # (*, n, D, d)
     return torch.cat(out, dim=-3)

@@ -10,18 +10,27 @@ from scipy.optimize import brentq
 from torch.distributions import constraints
 from torch.distributions.transforms import Transform
 
-from ._utils import check_int, check_positive
+from ._utils import check_int, check_positive, map_tensors
+from .models.networks import smooth_leaky_relu
 
 __all__ = ["Mixing", "Linear", "Moebius", "SmoothLeakyMLP", "TriangularMLP", "OrthogonalMLP",
            "VolumePreservingLinear", "LeakyLinear", "random_orthogonal",
            "inverse_smooth_leaky_relu", "MIXINGS"]
 
 
+def _default(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in PyTorch's default dtype (if floating) on its default device: parameters are
+    drawn on the CPU from seeded generators (the same numbers on every machine), then placed."""
+    dtype = torch.get_default_dtype() if t.is_floating_point() else None
+    return t.to(torch.get_default_device(), dtype)
+
+
 def random_orthogonal(dim: int, generator: torch.Generator) -> torch.Tensor:
-    """A Haar-distributed random orthogonal ``(dim, dim)`` matrix (QR with sign correction)."""
-    a = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+    """A Haar-distributed random orthogonal ``(dim, dim)`` matrix (QR with sign correction),
+    drawn with a CPU ``generator``."""
+    a = torch.randn(dim, dim, generator=generator, dtype=torch.float64, device="cpu")
     q, r = torch.linalg.qr(a)
-    return (q * torch.sign(torch.diagonal(r))).to(torch.get_default_dtype())
+    return _default(q * torch.sign(torch.diagonal(r)))
 
 
 class Mixing(Transform):
@@ -47,14 +56,13 @@ class Mixing(Transform):
     def _repr_params(self) -> dict:
         return {"dim": self.dim}
 
+    def to(self, device=None, dtype: torch.dtype | None = None) -> Mixing:
+        """A copy with every tensor on ``device`` and floating ones in ``dtype``."""
+        return map_tensors(self, lambda t: t.to(device, dtype if t.is_floating_point() else None))
+
     def double(self) -> Mixing:
-        """Convert every tensor parameter to float64 in place (for precise checks); returns self."""
-        for k, v in vars(self).items():
-            if torch.is_tensor(v) and v.is_floating_point():
-                setattr(self, k, v.double())
-            elif isinstance(v, list) and v and all(torch.is_tensor(t) for t in v):
-                setattr(self, k, [t.double() for t in v])
-        return self
+        """A float64 copy (for precise checks)."""
+        return self.to(dtype=torch.float64)
 
 
 class Linear(Mixing):
@@ -71,15 +79,18 @@ class Linear(Mixing):
     """
 
     def __init__(self, weight: torch.Tensor, shift: torch.Tensor | None = None):
-        weight = torch.as_tensor(weight, dtype=torch.get_default_dtype())
+        weight = _default(torch.as_tensor(weight).double())
         if weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
             raise ValueError(f"weight: expected a square (d, d) matrix, got {tuple(weight.shape)}")
         super().__init__(weight.shape[0])
+        if not bool(torch.isfinite(weight).all()):
+            raise ValueError("weight: expected finite entries")
         sign, logabsdet = torch.linalg.slogdet(weight.double())
         if sign == 0 or not math.isfinite(float(logabsdet)):
             raise ValueError("weight: expected an invertible matrix, got a singular one")
         self.weight = weight
-        self.shift = torch.zeros(self.dim) if shift is None else torch.as_tensor(shift).to(weight)
+        self.shift = torch.zeros_like(weight[0]) if shift is None else \
+            torch.as_tensor(shift).to(weight)
         self._logabsdet = logabsdet.to(weight.dtype)
 
     @classmethod
@@ -95,7 +106,7 @@ class Linear(Mixing):
         """
         o = random_orthogonal(dim, torch.Generator().manual_seed(seed))
         s = torch.logspace(math.log10(0.5), math.log10(2.0), dim) if scales is None else \
-            torch.as_tensor(scales, dtype=o.dtype)
+            torch.as_tensor(scales).to(o)
         return cls(o * s)
 
     def _call(self, z):
@@ -146,11 +157,14 @@ class Moebius(Mixing):
         self.weight = random_orthogonal(dim, g)
         width = high - low
         if pole is None:
-            pole = high + width * (0.25 + 0.25 * torch.rand(dim, generator=g))
-        self.pole = torch.as_tensor(pole, dtype=torch.get_default_dtype())
+            pole = high + width * (0.25 + 0.25 * torch.rand(dim, generator=g, device="cpu"))
+        self.pole = _default(torch.as_tensor(pole).double())
+        if self.pole.shape != (dim,) or not bool(torch.isfinite(self.pole).all()):
+            raise ValueError(f"pole: expected {dim} finite coordinates, got {pole}")
         if bool(((self.pole >= low) & (self.pole <= high)).all()):
             raise ValueError(f"pole: expected b outside the latent box {box}, got {self.pole}")
-        self.shift = torch.zeros(dim) if shift is None else torch.as_tensor(shift).float()
+        self.shift = torch.zeros_like(self.pole) if shift is None else \
+            _default(torch.as_tensor(shift).double())
         self.alpha, self.box, self.seed = float(alpha), (low, high), seed
 
     def _call(self, z):
@@ -172,10 +186,6 @@ class Moebius(Mixing):
                 "pole": [round(v, 4) for v in self.pole.tolist()], "box": self.box}
 
 
-def _smooth_leaky(x, slope):
-    return torch.lerp(F.softplus(x), x, slope)
-
-
 def _smooth_leaky_log_grad(x, slope):
     return torch.log(slope + (1.0 - slope) * torch.sigmoid(x))
 
@@ -190,7 +200,7 @@ def inverse_smooth_leaky_relu(y: torch.Tensor, slope: float = 0.2, tol: float = 
     """
     x = torch.where(y > 0, y, y / slope)
     for _ in range(max_iter):
-        fx = _smooth_leaky(x, slope) - y
+        fx = smooth_leaky_relu(x, slope) - y
         step = fx / (slope + (1.0 - slope) * torch.sigmoid(x))
         x = x - step
         if bool((step.abs() <= tol * (1 + x.abs())).all()):
@@ -228,7 +238,7 @@ class SmoothLeakyMLP(Mixing):
         for i, w in enumerate(self.weights):
             h = h @ w.T
             if i < len(self.weights) - 1:
-                h = _smooth_leaky(h, self.slope)
+                h = smooth_leaky_relu(h, self.slope)
         return h
 
     def _inverse(self, x):
@@ -241,12 +251,12 @@ class SmoothLeakyMLP(Mixing):
         return h
 
     def log_abs_det_jacobian(self, z, x):
-        total = torch.zeros(z.shape[:-1], dtype=z.dtype)
+        total = z.new_zeros(z.shape[:-1])
         h = z
         for w in self.weights[:-1]:
             h = h @ w.T
             total = total + _smooth_leaky_log_grad(h, self.slope).sum(-1)
-            h = _smooth_leaky(h, self.slope)
+            h = smooth_leaky_relu(h, self.slope)
         return total
 
     def _repr_params(self):
@@ -256,10 +266,10 @@ class SmoothLeakyMLP(Mixing):
 
 def _random_upper_triangular(dim, g, shear=1.0, low=0.5, high=1.5):
     """Upper-triangular with diagonal in ``+-[low, high]`` and N(0, shear^2) entries above it."""
-    u = shear * torch.triu(torch.randn(dim, dim, generator=g), diagonal=1)
-    diag = low + (high - low) * torch.rand(dim, generator=g)
-    sign = torch.where(torch.rand(dim, generator=g) < 0.5, -1.0, 1.0)
-    return u + torch.diag(sign * diag)
+    u = shear * torch.triu(torch.randn(dim, dim, generator=g, device="cpu"), diagonal=1)
+    diag = low + (high - low) * torch.rand(dim, generator=g, device="cpu")
+    sign = torch.where(torch.rand(dim, generator=g, device="cpu") < 0.5, -1.0, 1.0)
+    return _default(u + torch.diag(sign * diag))
 
 
 class TriangularMLP(Mixing):
@@ -328,13 +338,13 @@ class OrthogonalMLP(Mixing):
         g = torch.Generator().manual_seed(seed)
         self.weight = random_orthogonal(dim, g)
         self.scales = torch.logspace(math.log10(0.5), math.log10(2.0), dim) if scales is None \
-            else torch.as_tensor(scales, dtype=torch.get_default_dtype())
+            else _default(torch.as_tensor(scales).double())
         check_positive("scales", self.scales)
         self.slope, self.seed = float(slope), seed
 
     def _call(self, z):
         self._check(z)
-        return (self.scales * _smooth_leaky(z, self.slope)) @ self.weight.T
+        return (self.scales * smooth_leaky_relu(z, self.slope)) @ self.weight.T
 
     def _inverse(self, x):
         self._check(x)
@@ -367,8 +377,9 @@ class VolumePreservingLinear(Linear):
             raise ValueError(f"target: expected a finite contrast >= 0, got {target}")
         g = torch.Generator().manual_seed(seed)
         q = random_orthogonal(dim, g).double()
-        S = torch.triu(torch.randn(dim, dim, generator=g, dtype=torch.float64), diagonal=1)
-        eye = torch.eye(dim, dtype=torch.float64)
+        S = torch.triu(torch.randn(dim, dim, generator=g, dtype=torch.float64, device="cpu"),
+                       diagonal=1).to(q.device)
+        eye = torch.eye(dim, dtype=torch.float64, device=q.device)
 
         def contrast(t):
             return float(torch.linalg.vector_norm(eye + t * S, dim=0).log().sum())
@@ -379,9 +390,9 @@ class VolumePreservingLinear(Linear):
         t = 0.0 if target == 0 else brentq(lambda t: contrast(t) - target, 0.0, hi,
                                            xtol=1e-14, rtol=1e-14)
         w64 = q @ (eye + t * S)
-        m = cls(w64.to(torch.get_default_dtype()))
-        m.target, m.seed, m.weight64 = float(target), seed, w64
-        m._logabsdet = torch.zeros((), dtype=m.weight.dtype)  # exact: det(Q (I + t S)) = +-1
+        m = cls(w64)
+        m.target, m.seed, m.weight64 = float(target), seed, w64.to(m.weight.device)
+        m._logabsdet = m.weight.new_zeros(())  # exact: det(Q (I + t S)) = +-1
         return m
 
 
@@ -399,7 +410,7 @@ class LeakyLinear(Mixing):
     """
 
     def __init__(self, weight: torch.Tensor, slope: float = 0.2):
-        weight = torch.as_tensor(weight, dtype=torch.get_default_dtype())
+        weight = _default(torch.as_tensor(weight).double())
         if weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
             raise ValueError(f"weight: expected a square (d, d) matrix, got {tuple(weight.shape)}")
         super().__init__(weight.shape[0])
@@ -417,7 +428,7 @@ class LeakyLinear(Mixing):
 
     def _call(self, z):
         self._check(z)
-        return _smooth_leaky(z @ self.weight.T, self.slope)
+        return smooth_leaky_relu(z @ self.weight.T, self.slope)
 
     def _inverse(self, x):
         self._check(x)

@@ -6,17 +6,24 @@ import dataclasses
 import json
 import math
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import __version__, data, inference, metrics, mixings, models, priors, sprites
-from ._utils import atomic_torch_save, atomic_write_json, check_int, check_positive, short_reason
+from . import data, inference, mixings, models, priors, sprites
+from ._utils import (
+    check_int,
+    check_positive,
+    parse_device,
+    parse_dtype,
+    short_reason,
+    torch_defaults,
+)
+from .fileio import atomic_torch_save, atomic_write_json, check_out_dir, package_versions
+from .progress import EpochProgress
 
-__all__ = ["RunConfig", "build", "train_run", "evaluate", "load_run", "package_versions",
-           "check_out_dir", "load_results"]
+__all__ = ["RunConfig", "build", "train_run", "evaluate", "load_run", "load_results"]
 
 
 MIXING_NAMES = sorted([*mixings.MIXINGS, "sprites"])
@@ -44,11 +51,18 @@ class RunConfig:
     seed: int = 0
     eval_points: int | None = None  # IS evaluation size; None: 500 (vectors) or 100 (images)
     eval_samples: int | None = None  # IS samples per point; None: 500 (vectors) or 100 (images)
+    device: str = "cpu"
+    dtype: str = "float32"
 
-    def eval_sizes(self) -> tuple[int, int]:
+    def eval_config(self) -> inference.EvalConfig:
+        """The evaluation sizes (``train`` and ``evaluate`` share these defaults)."""
         small = self.mixing == "sprites"
-        return (self.eval_points or (100 if small else 500),
-                self.eval_samples or (100 if small else 500))
+        return inference.EvalConfig(points=self.eval_points or (100 if small else 500),
+                                    is_samples=self.eval_samples or (100 if small else 500))
+
+    def fit_config(self) -> inference.FitConfig:
+        return inference.FitConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                                   patience=self.patience)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -80,6 +94,8 @@ class RunConfig:
         for name in ("eval_points", "eval_samples"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name))
+        parse_device(self.device)
+        parse_dtype(self.dtype)
         n_train = int(round(0.7 * self.n))
         if self.batch_size > n_train:
             raise ValueError(f"batch_size: expected at most the {n_train} training points "
@@ -87,29 +103,6 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def package_versions() -> dict:
-    """Versions of the packages a result depends on."""
-    import arviz
-    import numpy
-    import pyro
-    import scipy
-    return {"pyro_ima": __version__, "torch": torch.__version__, "pyro": pyro.__version__,
-            "numpy": numpy.__version__, "scipy": scipy.__version__, "arviz": arviz.__version__,
-            "python": platform.python_version()}
-
-
-def check_out_dir(out: str | os.PathLike) -> Path:
-    """Create ``out`` if needed and make sure it is a writable directory."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"out: cannot create directory {str(out)!r} ({e.strerror})") from None
-    if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
-        raise ValueError(f"out: expected a writable directory, got {str(out)!r}")
-    return out
 
 
 def _build_sprites(cfg: RunConfig):
@@ -126,10 +119,13 @@ def _build_sprites(cfg: RunConfig):
 
 
 def build(cfg: RunConfig):
-    """Dataset, model and guide for ``cfg`` (seeded)."""
+    """Dataset, model and guide for ``cfg`` (seeded), on its device and in its dtype."""
     cfg.validate()
-    if cfg.mixing == "sprites":
-        return _build_sprites(cfg)
+    with torch_defaults(parse_device(cfg.device), parse_dtype(cfg.dtype)):
+        return _build_sprites(cfg) if cfg.mixing == "sprites" else _build_synthetic(cfg)
+
+
+def _build_synthetic(cfg: RunConfig):
     p0 = priors.PRIORS[cfg.prior](cfg.dim)
     mix = mixings.MIXINGS[cfg.mixing](cfg.dim, seed=cfg.seed)
     ds = data.make_dataset(mix, p0, n=cfg.n, seed=cfg.seed)
@@ -143,40 +139,21 @@ def build(cfg: RunConfig):
     return ds, vae, guide
 
 
-def evaluate(ds, vae, guide, *, mixing=None, num_points: int = 500, num_samples: int = 500,
+def evaluate(ds, vae, guide, *, config: inference.EvalConfig = inference.EvalConfig(),
              seed: int = 0) -> dict:
-    """The headline numbers of a trained run, on (up to ``num_points`` of) the test set.
-
-    MCC (Pearson and Spearman) between true latents and ``guide.point_estimate(x)`` on the whole
-    test set; ``c_ima`` / ``c_conf``: the learned decoder's global contrasts at the inferred
-    latents; importance-sampled ``log p(x)`` (Laplace proposal) with its PSIS k-hat summary;
-    the ELBO from the same draws' model; ``gap = log p - ELBO``; the exact ``log p`` when the
-    decoder is the known mixing.
-    """
-    x, z = ds.test.x, ds.test.z
-    with torch.no_grad():
-        z_hat = guide.point_estimate(x)
-    out = {"mcc_pearson": metrics.mcc(z, z_hat).score,
-           "mcc_spearman": metrics.mcc(z, z_hat, "spearman").score}
-    with torch.no_grad():
-        J = metrics.jacobian(vae.decoder, z_hat, chunk_size=256)
-    c_ima, c_conf = metrics.ima_contrast(J), metrics.conformal_contrast(J)
-    out.update(c_ima=float(c_ima.mean()), c_conf=float(c_conf.mean()))
-    xs = x[:num_points]
-    elbo = inference.elbo_per_point(vae, guide, xs, num_particles=100, seed=seed)
-    is_res = inference.importance_log_px(vae, guide, xs, num_samples=num_samples,
-                                         proposal="laplace", seed=seed + 1, khat_warn=1.0)
-    s = is_res.summary()
-    out.update(elbo=float(elbo.mean()), log_px_is=s["log_px"], khat_median=s["khat_median"],
-               khat_frac_above_0_7=s["khat_frac_above_0.7"], ess_median=s["ess_median"],
-               gap=float((is_res.log_px - elbo.double()).mean()), is_points=int(xs.shape[0]),
-               is_samples=num_samples)
-    if mixing is not None and not vae.decoder_trainable:
-        out["log_px_exact"] = float(inference.exact_log_px(mixing, vae.prior, xs).mean())
-    bad = [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
+    """The headline numbers of a trained run on its test set, through
+    :func:`pyro_ima.inference.evaluate` (MCC and contrasts on every test point; ELBO,
+    importance-sampled ``log p`` with its k-hat summary and the gap on the first
+    ``config.points``; the exact ``log p`` when the decoder is the known mixing)."""
+    values = inference.evaluate(vae, guide, ds.test.x, ds.test.z, mixing=ds.mixing,
+                                config=config, seed=seed)
+    out = {k: float(v[0]) for k, v in values.items()}
+    bad = [k for k, v in out.items() if not math.isfinite(v)]
     if bad:
         raise FloatingPointError(f"non-finite evaluation results: {bad}")
-    return out
+    n_points = ds.test.x.shape[0] if config.points is None else min(config.points,
+                                                                    ds.test.x.shape[0])
+    return {**out, "is_points": n_points, "is_samples": config.is_samples}
 
 
 def train_run(cfg: RunConfig, out: str | os.PathLike | None = None, *, progress: bool = False):
@@ -184,10 +161,10 @@ def train_run(cfg: RunConfig, out: str | os.PathLike | None = None, *, progress:
     cfg.validate()
     out_dir = None if out is None else check_out_dir(out)
     ds, vae, guide = build(cfg)
-    fit = inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.epochs,
-                        batch_size=cfg.batch_size, lr=cfg.lr, patience=cfg.patience,
-                        seed=cfg.seed, progress=progress)
-    if fit.failed:
+    callbacks = [EpochProgress(cfg.epochs, "train")] if progress else []
+    fit = inference.fit(vae, guide, ds.train, ds.val, config=cfg.fit_config(), seed=cfg.seed,
+                        callbacks=callbacks)
+    if bool(fit.failed.any()):
         raise FloatingPointError(f"training failed after {len(fit.faults)} numerical faults "
                                  f"(first at epoch {fit.faults[0]['epoch']}); try a smaller "
                                  f"--lr or --init-scale")
@@ -199,11 +176,10 @@ def train_run(cfg: RunConfig, out: str | os.PathLike | None = None, *, progress:
             raise FloatingPointError(f"the {name} ELBO is not finite: training diverged")
         elbos[name] = float(e.mean())
     results = {"kind": "pyro_ima.train", "config": cfg.to_dict(), "versions": package_versions(),
-               "elbo": elbos, "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
-               "seconds": fit.seconds, "history": fit.history, "faults": fit.faults,
-               "metrics": evaluate(ds, vae, guide, mixing=ds.mixing, seed=cfg.seed,
-                                   num_points=cfg.eval_sizes()[0],
-                                   num_samples=cfg.eval_sizes()[1])}
+               "elbo": elbos, "best_epoch": int(fit.best_epoch[0]),
+               "epochs_run": fit.epochs_run, "seconds": fit.seconds, "history": fit.history,
+               "faults": fit.faults,
+               "metrics": evaluate(ds, vae, guide, config=cfg.eval_config(), seed=cfg.seed)}
     if out_dir is not None:
         atomic_torch_save(out_dir / "state.pt", {"config": cfg.to_dict(),
                                                  "model": vae.state_dict(),
@@ -224,8 +200,10 @@ def load_results(path: str | os.PathLike) -> dict:
     return obj
 
 
-def load_run(run_dir: str | os.PathLike):
-    """Rebuild a run written by :func:`train_run`: ``(results, cfg, ds, vae, guide)``."""
+def load_run(run_dir: str | os.PathLike, *, device: str | None = None,
+             dtype: str | None = None):
+    """Rebuild a run written by :func:`train_run`: ``(results, cfg, ds, vae, guide)``,
+    optionally on another ``device`` or in another ``dtype`` than it was trained."""
     run_dir = Path(run_dir)
     results = load_results(run_dir / "results.json")
     try:
@@ -233,9 +211,11 @@ def load_run(run_dir: str | os.PathLike):
     except TypeError as e:
         raise ValueError(f"results: {str(run_dir)!r} has a config this version cannot read "
                          f"({e})") from None
+    moved = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    cfg = dataclasses.replace(cfg, **moved)
     ds, vae, guide = build(cfg)
     try:
-        state = torch.load(run_dir / "state.pt", weights_only=True)
+        state = torch.load(run_dir / "state.pt", weights_only=True, map_location=vae.device)
         vae.load_state_dict(state["model"])
         guide.load_state_dict(state["guide"])
     except Exception as e:  # torch.load raises many types for corrupt or foreign files

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from matplotlib.colors import hsv_to_rgb
 
-from ._utils import atomic_write_bytes, check_int, derive_seed
+from ._utils import check_int, derive_seed
 from .data import Dataset, Split
+from .fileio import atomic_write_bytes
 
 __all__ = ["FACTORS", "default_beta_params", "sample_factors", "render", "sprites_dataset",
            "SpritesConfig"]

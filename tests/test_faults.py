@@ -52,21 +52,21 @@ def test_one_nan_step_is_rolled_back_and_spares_the_other_replicas():
     res = inference.fit(vae, guide, ds.train, ds.val, epochs=3, batch_size=32, seed=[0, 1, 2])
     # 8 steps per epoch: the 20th training call is epoch 2, step 3
     assert res.faults == [{"epoch": 2, "step": 3, "replica": 1, "action": "rollback"}]
-    assert res.failed == [False, False, False]
+    assert res.failed.tolist() == [False, False, False]
     faulty = _params(vae, guide)
     assert len(faulty) == len(clean)
     for (k, a), b in zip(faulty.items(), clean.values(), strict=True):  # same order
         assert_close(a[[0, 2]], b[[0, 2]], atol=1e-6, msg=k)  # replicas 0, 2 never noticed
         assert bool(torch.isfinite(a).all())
     assert all(math.isfinite(v) for h in res.history for v in h["val_elbo"])
-    assert res.best_val_elbo[0] == ref.best_val_elbo[0]
+    assert float(res.best_val_elbo[0]) == float(ref.best_val_elbo[0])
 
 
 def test_a_replica_that_keeps_failing_is_marked_failed_and_frozen():
     ds, vae, guide = _setup(lambda net: FaultyDecoder(net, bad=2, at=5, forever=True))
     res = inference.fit(vae, guide, ds.train, ds.val, epochs=3, batch_size=32, seed=[0, 1, 2],
                         max_faults=2)
-    assert res.failed == [False, False, True]
+    assert res.failed.tolist() == [False, False, True]
     actions = [f["action"] for f in res.faults]
     assert actions == ["rollback", "rollback", "failed"]
     assert all(f["replica"] == 2 for f in res.faults)
@@ -81,7 +81,7 @@ def test_extreme_gamma2_never_leaves_nan_in_results():
                         lr=0.05)
     for p in _params(vae, guide).values():
         assert bool(torch.isfinite(p).all())
-    assert all(math.isfinite(v) for v in res.best_val_elbo)
+    assert bool(torch.isfinite(res.best_val_elbo).all())
     e = inference.elbo_per_point(vae, guide, ds.test.x)
     assert bool(torch.isfinite(e[0]).all())
-    assert res.failed[0] is False
+    assert not bool(res.failed[0])

@@ -5,20 +5,15 @@ import math
 
 import pytest
 import torch
-from conftest import LinearGaussian, OracleEncoder, assert_close
+from conftest import assert_close, linear_gaussian, oracle_pair
 from torch.distributions import ComposeTransform
 
 from pyro_ima import inference, metrics, mixings, models, priors
 
 
-def _oracle(lg, family):
-    vae = lg.vae()
-    return vae, models.GUIDES[family](vae, OracleEncoder(lg, family))
-
-
 def test_exact_posterior_proposal_gives_log_px_in_every_weight():
-    lg = LinearGaussian(d=3, gamma2=1e3)
-    vae, guide = _oracle(lg, "full")
+    lg = linear_gaussian(d=3, gamma2=1e3)
+    vae, guide = oracle_pair(lg, "full")
     x = lg.sample(20)
     res = inference.importance_log_px(vae, guide, x, num_samples=50)
     assert_close(res.log_px, lg.log_px(x), atol=2e-3)  # float32 model
@@ -28,8 +23,8 @@ def test_exact_posterior_proposal_gives_log_px_in_every_weight():
 
 
 def test_is_is_a_bound_that_converges_with_k():
-    lg = LinearGaussian(d=3, gamma2=1e2, singular_values=[0.5, 1.0, 2.0])
-    vae, guide = _oracle(lg, "diagonal")  # the diagonal optimum: gap 0.67 nats
+    lg = linear_gaussian(d=3, gamma2=1e2, singular_values=[0.5, 1.0, 2.0])
+    vae, guide = oracle_pair(lg, "diagonal")  # the diagonal optimum: gap 0.67 nats
     x = lg.sample(40)
     truth = lg.log_px(x).mean()
     est = {k: float(inference.importance_log_px(vae, guide, x, num_samples=k, seed=k,
@@ -41,8 +36,8 @@ def test_is_is_a_bound_that_converges_with_k():
 
 
 def test_laplace_proposal_is_exact_for_the_linear_vae():
-    lg = LinearGaussian(d=3, gamma2=1e3)
-    vae, guide = _oracle(lg, "diagonal")
+    lg = linear_gaussian(d=3, gamma2=1e3)
+    vae, guide = oracle_pair(lg, "diagonal")
     x = lg.sample(30)
     res = inference.importance_log_px(vae, guide, x, num_samples=20, proposal="laplace")
     assert_close(res.log_px, lg.log_px(x), atol=3e-3)
@@ -51,8 +46,8 @@ def test_laplace_proposal_is_exact_for_the_linear_vae():
 
 
 def test_estimate_is_per_point_and_independent_of_chunking():
-    lg = LinearGaussian(d=3, gamma2=100.0, singular_values=[0.5, 1.0, 2.0])
-    vae, guide = _oracle(lg, "diagonal")
+    lg = linear_gaussian(d=3, gamma2=100.0, singular_values=[0.5, 1.0, 2.0])
+    vae, guide = oracle_pair(lg, "diagonal")
     x = lg.sample(30)
     x[7] = x[7] * 6  # one atypical point must not change the others' estimates
     truth = lg.log_px(x)
@@ -72,8 +67,8 @@ def test_estimate_is_per_point_and_independent_of_chunking():
 
 
 def test_khat_small_for_good_proposal_large_for_bad_one():
-    lg = LinearGaussian(d=3, gamma2=1e3)
-    vae, guide = _oracle(lg, "diagonal")
+    lg = linear_gaussian(d=3, gamma2=1e3)
+    vae, guide = oracle_pair(lg, "diagonal")
     x = lg.sample(30)
     good = inference.importance_log_px(vae, guide, x, num_samples=1000, proposal="laplace",
                                        widen=1.2)
@@ -117,13 +112,14 @@ def test_exact_log_px_is_minus_inf_outside_support():
 
 @pytest.mark.parametrize("family", ["diagonal", "isotropic", "full"])
 def test_predicted_gap_equals_closed_form_on_the_linear_vae(family):
-    lg = LinearGaussian(d=3, gamma2=1e3)
-    vae, guide = _oracle(lg, family)
+    lg = linear_gaussian(d=3, gamma2=1e3)
+    vae, guide = oracle_pair(lg, family)
     x = lg.sample(5)
     P = inference.laplace_precision(vae, guide, guide.loc(x))
-    assert_close(inference.predicted_gap(P, family), lg.gap(family).expand(5), atol=1e-3)
-    var = inference.predicted_variances(P, family)
-    assert_close(var[0], lg.optimal_cov(family).diagonal(), rtol=1e-4)
+    cls = models.GUIDES[family]
+    assert_close(cls.predicted_gap(P), lg.gap(cls).expand(5), atol=1e-3)
+    var = cls.predicted_variances(P)
+    assert_close(var[0], lg.optimal_covariance(cls).diagonal(), rtol=1e-4)
 
 
 @pytest.mark.filterwarnings("ignore:importance_log_px:RuntimeWarning")

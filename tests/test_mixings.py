@@ -35,9 +35,9 @@ def _instances():
 
 
 def _double(f):
-    for part in getattr(f, "parts", [f]):
-        part.double()
-    return f
+    """A float64 copy of a mixing or a composition of mixings."""
+    parts = getattr(f, "parts", None)
+    return ComposeTransform([p.double() for p in parts]) if parts else f.double()
 
 
 INSTANCES = _instances()

@@ -2,7 +2,7 @@
 
 import numpy as np
 import torch
-from conftest import LinearGaussian, OracleEncoder
+from conftest import OracleEncoder, linear_gaussian
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -54,7 +54,7 @@ def test_mcc_invariant_to_permutation_and_rescaling(d, n, seed):
 @settings(max_examples=10, deadline=None)
 @given(seeds, st.sampled_from([1, 5, 50]))
 def test_is_estimate_never_above_the_truth_in_expectation(seed, k):
-    lg = LinearGaussian(d=2, gamma2=30.0, seed=seed % 50)
+    lg = linear_gaussian(d=2, gamma2=30.0, seed=seed % 50)
     vae = lg.vae()
     guide = models.DiagonalGuide(vae, OracleEncoder(lg, "diagonal"))
     x = lg.sample(20, seed=seed)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import time
 from pathlib import Path
 
-from .._utils import atomic_write_json
+from ..fileio import atomic_write_json, check_out_dir, package_versions
 from . import (
     beta_gamma,
     elbo_vs_lima,
@@ -18,7 +17,7 @@ from . import (
     self_consistency,
     sprites_study,
 )
-from .common import run_sweep, write_table
+from .common import Runtime, run_sweep, write_table
 
 __all__ = ["STUDIES", "run_study"]
 
@@ -28,21 +27,25 @@ STUDIES = {"self_consistency": self_consistency, "elbo_vs_lima": elbo_vs_lima,
            "beta_gamma": beta_gamma, "sprites": sprites_study}
 
 
-def run_study(name: str, out_dir: str | Path, *, quick: bool = False,
-              progress: bool = True) -> dict:
-    """Run (or resume) study ``name``; write results.csv/json, the figure and a summary."""
+def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: bool = True,
+              device: str = "cpu", dtype: str = "float32") -> dict:
+    """Run (or resume) study ``name``; write results.csv/json, the figure and a summary.
+
+    Every setting runs with ``device`` and ``dtype`` as PyTorch's defaults (its data and
+    models are built there)."""
     if name not in STUDIES:
         raise ValueError(f"name: expected one of {sorted(STUDIES)}, got {name!r}")
-    from ..runs import check_out_dir, package_versions
     mod = STUDIES[name]
     cfg = mod.QUICK if quick else mod.FULL
     out = check_out_dir(out_dir)
+    rt = Runtime(progress=progress, device=device, dtype=dtype, out_dir=out)
     t = time.perf_counter()
-    # a study whose run_setting takes out_dir writes per-setting figures there itself
-    extra = {"out_dir": out} if "out_dir" in inspect.signature(mod.run_setting).parameters else {}
-    rows = run_sweep(name, mod.settings(cfg), lambda s: mod.run_setting(s, cfg, progress,
-                                                                         **extra),
-                     out, progress=progress)
+
+    def run_one(setting):
+        with rt.defaults():
+            return mod.run_setting(setting, cfg, rt)
+
+    rows = run_sweep(name, mod.settings(cfg), run_one, out, progress=progress)
     summary = mod.summarize(rows)
     meta = {"kind": "pyro_ima.study", "study": name, "quick": quick,
             "config": dataclasses.asdict(cfg), "versions": package_versions(),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import data, inference, mixings, models, priors
-from .common import pyplot, save_figure
+from .common import Runtime, pyplot, save_figure
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -38,7 +38,7 @@ def settings(cfg: Config) -> list[dict]:
     return [{"ratio": r, "betas": list(cfg.betas)} for r in cfg.ratios]
 
 
-def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
+def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dict]:
     d, ratio, betas = 2, float(setting["ratio"]), setting["betas"]
     mix = mixings.TriangularMLP(d, seed=0)
     p0 = priors.gaussian(d)
@@ -60,12 +60,9 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
     is_px = inference.importance_log_px(eff, q, x, num_samples=cfg.is_samples,
                                         proposal="laplace", seed=3, khat_warn=1.0)
     gap = (is_px.log_px - elbo.double()).mean(-1)
-    rows = []
-    for r, b in enumerate(betas):
-        rows.append({"study": "beta_gamma", "replica": r, "seed": 0, "gamma2": ratio * b,
-                     "beta": b, "ratio": ratio, "metric": "gap_at_ratio",
-                     "value": float(gap[r])})
-    return rows
+    return inference.tidy_rows({"gap_at_ratio": gap},
+                               {"gamma2": [ratio * b for b in betas], "beta": betas},
+                               study="beta_gamma", seed=0, ratio=ratio)
 
 
 def summarize(rows: list[dict]) -> dict:

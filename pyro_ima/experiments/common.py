@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from .. import data, models
-from .._utils import atomic_write_bytes, atomic_write_json
+from .. import data, inference, models
+from .._utils import parse_device, parse_dtype, torch_defaults
+from ..fileio import atomic_write_bytes, atomic_write_json
+from ..progress import EpochProgress, Progress
 
-__all__ = ["TrainingConfig", "grid_settings", "fit_values", "training_summary", "run_sweep",
-           "write_table", "replica_datasets", "replica_vae", "setting_key", "check_rows",
-           "mark_failed", "pyplot", "save_figure"]
+__all__ = ["TrainingConfig", "Runtime", "grid_settings", "fit_values", "training_summary",
+           "run_sweep", "write_table", "replica_datasets", "replica_vae", "setting_key",
+           "check_rows", "pyplot", "save_figure", "train"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,44 @@ class TrainingConfig:
     patience: int = 10
     batch_size: int = 64
     lr: float = 1e-3
+    lr_end: float | None = None
+
+    def fit_config(self, **overrides) -> inference.FitConfig:
+        """The :class:`~pyro_ima.inference.FitConfig` of these fields."""
+        fields = dict(epochs=self.epochs, patience=self.patience, batch_size=self.batch_size,
+                      lr=self.lr, lr_end=self.lr_end)
+        return inference.FitConfig(**{**fields, **overrides})
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a study's settings run (not part of what they compute, except dtype).
+
+    ``progress``: show per-fit progress on a terminal; ``device``/``dtype``: PyTorch's
+    defaults while a setting builds its data and models (everything then follows the models);
+    ``out_dir``: for studies that write per-setting files (figures).
+    """
+
+    progress: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
+    out_dir: Path | None = None
+
+    def defaults(self):
+        """The context a setting runs in: its device and dtype as PyTorch's defaults."""
+        return torch_defaults(parse_device(self.device), parse_dtype(self.dtype))
+
+    def callbacks(self, epochs: int, desc: str) -> list:
+        """``fit`` callbacks: a progress bar on a terminal, nothing in a log."""
+        return [EpochProgress(epochs, desc, lines=False)] if self.progress else []
+
+
+def train(vae, guide, train_x, val_x, cfg: TrainingConfig, seeds, rt: Runtime, desc: str = "fit",
+          **overrides):
+    """``inference.fit`` with a study's training fields (``overrides`` replace them)."""
+    fit_cfg = cfg.fit_config(**overrides)
+    return inference.fit(vae, guide, train_x, val_x, config=fit_cfg, seed=seeds,
+                         callbacks=rt.callbacks(fit_cfg.epochs, desc))
 
 
 def grid_settings(values: Sequence, seeds: Sequence[int], per_setting: int, *,
@@ -49,13 +88,12 @@ def grid_settings(values: Sequence, seeds: Sequence[int], per_setting: int, *,
     return [{"grid": grid[i:i + per_setting]} for i in range(0, len(grid), per_setting)]
 
 
-def fit_values(fit, r: int) -> dict:
-    """Per-replica training facts for the tidy table: the best epoch (the state kept) and the
-    number of epochs run; ``best_epoch == epochs_run - 1`` means the replica was still
+def fit_values(fit) -> dict[str, torch.Tensor]:
+    """Per-replica training facts ``(R,)`` for the tidy table: the best epoch (the state kept)
+    and the number of epochs run; ``best_epoch == epochs_run - 1`` means the replica was still
     improving when the epoch cap stopped it."""
-    best = fit.best_epoch[r] if isinstance(fit.best_epoch, list) else fit.best_epoch
-    return {"best_epoch": float(-1 if best is None else best),
-            "epochs_run": float(fit.epochs_run)}
+    best = fit.best_epoch.double()
+    return {"best_epoch": best, "epochs_run": torch.full_like(best, float(fit.epochs_run))}
 
 
 def training_summary(rows: list[dict]) -> dict:
@@ -91,20 +129,12 @@ def setting_key(setting: dict) -> str:
 
 
 def check_rows(rows: list[dict]) -> list[dict]:
-    """Refuse rows whose value is NaN/inf unless they are marked as failures."""
+    """Refuse rows whose value is missing, NaN or inf unless they are marked as failures."""
     for r in rows:
         v = r.get("value")
-        if isinstance(v, float) and not math.isfinite(v) and not r.get("failed"):
+        bad = v is None or (isinstance(v, float) and not math.isfinite(v))
+        if bad and not r.get("failed"):
             raise FloatingPointError(f"non-finite value in row {r}")
-    return rows
-
-
-def mark_failed(rows: list[dict], failed) -> list[dict]:
-    """Mark the rows of replicas whose training failed (``FitResult.failed``): their numbers
-    come from their last good state and must not be read as results."""
-    failed = [failed] if isinstance(failed, bool) else list(failed)
-    for r in rows:
-        r["failed"] = bool(failed[r["replica"]]) if r["replica"] < len(failed) else False
     return rows
 
 
@@ -118,8 +148,8 @@ def run_sweep(name: str, settings: Sequence[dict], run_setting: Callable[[dict],
     done_dir = Path(out_dir) / "settings"
     done_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    bar = tqdm(settings, desc=name, disable=not progress, leave=False)
-    for setting in bar:
+    bar = Progress(len(settings), name, lines=progress) if progress else None
+    for setting in settings:
         path = done_dir / f"{setting_key(setting)}.json"
         if path.exists():
             try:
@@ -129,12 +159,15 @@ def run_sweep(name: str, settings: Sequence[dict], run_setting: Callable[[dict],
                     continue
             except (OSError, json.JSONDecodeError, KeyError):
                 pass  # unreadable: recompute
-        bar.set_postfix_str(json.dumps(setting)[:60])
         t = time.perf_counter()
         new = check_rows(run_setting(setting))
         atomic_write_json(path, {"setting": setting, "rows": new,
                                  "seconds": time.perf_counter() - t})
         rows.extend(new)
+        if bar is not None:
+            bar.update(f"{time.perf_counter() - t:.0f}s")
+    if bar is not None:
+        bar.close()
     return rows
 
 

@@ -16,7 +16,15 @@ import numpy as np
 import torch
 
 from .. import data, inference, metrics, mixings, models, priors
-from .common import TrainingConfig, fit_values, mark_failed, pyplot, save_figure, training_summary
+from .common import (
+    Runtime,
+    TrainingConfig,
+    fit_values,
+    pyplot,
+    save_figure,
+    train,
+    training_summary,
+)
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -51,7 +59,7 @@ def settings(cfg: Config) -> list[dict]:
             for m in MIXES]
 
 
-def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
+def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dict]:
     d = 2
     mix = MIXES[setting["mixing"]]()
     p0 = priors.gaussian(d)
@@ -68,12 +76,11 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
     guide.fix_loc(mix.inv)
     fit_seeds = [1000 * i + s for i, s in enumerate(seeds)]
     # warm-up: the mean is pinned to the true inverse, only the scales train
-    warm = inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.warmup_epochs, lr=cfg.lr,
-                  batch_size=cfg.batch_size, seed=fit_seeds, progress=progress)
+    warm = train(vae, guide, ds.train, ds.val, cfg, fit_seeds, rt, desc="warm-up",
+                 epochs=cfg.warmup_epochs, patience=None)
     guide.fix_loc(None)
-    fit = inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.epochs - cfg.warmup_epochs,
-                  lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience,
-                  seed=[s + 1 for s in fit_seeds], progress=progress)
+    fit = train(vae, guide, ds.train, ds.val, cfg, [s + 1 for s in fit_seeds], rt,
+                desc="elbo vs L_IMA", epochs=cfg.epochs - cfg.warmup_epochs)
     x = ds.test.x[: cfg.eval_points]
     elbo = inference.elbo_per_point(vae, guide, x, num_particles=64, seed=1).mean(-1)
     # ELBO* and the Laplace IS proposal are centred at the posterior mode, which for the known
@@ -81,22 +88,18 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
     guide.fix_loc(mix.inv)
     elbo_star = inference.refine_elbo(vae, guide, x, steps=cfg.refine_steps, seed=2,
                                       eval_particles=128).mean(-1)
-    log_px = inference.exact_log_px(mix, p0, x).mean()
+    log_px = inference.exact_log_px(mix, p0, x).mean().expand(R)
     is_px = inference.importance_log_px(vae, guide, x, num_samples=cfg.is_samples,
-                                        proposal="laplace", seed=3, khat_warn=1.0)
+                                        proposal="laplace", seed=3, khat_warn=1.0).log_px.mean(-1)
     guide.fix_loc(None)
     with torch.no_grad():
-        c_ima = metrics.ima_contrast(metrics.jacobian(mix, mix.inv(x))).mean()
-    rows = []
-    for r, (g, s) in enumerate(grid):
-        values = {"elbo": elbo[r], "elbo_star": elbo_star[r], "log_px_exact": log_px,
-                  "log_px_is": is_px.log_px[r].mean(), "c_ima": c_ima,
-                  "l_ima": log_px - c_ima, "approximation_gap": is_px.log_px[r].mean()
-                  - elbo_star[r], **fit_values(fit, r)}
-        rows += [{"study": "elbo_vs_lima", "mixing": setting["mixing"], "replica": r,
-                  "seed": s, "gamma2": float(g), "metric": k, "value": float(v)}
-                 for k, v in values.items()]
-    return mark_failed(rows, [a or b for a, b in zip(warm.failed, fit.failed, strict=True)])
+        c_ima = metrics.ima_contrast(metrics.jacobian(mix, mix.inv(x))).mean().expand(R)
+    values = {"elbo": elbo, "elbo_star": elbo_star, "log_px_exact": log_px, "log_px_is": is_px,
+              "c_ima": c_ima, "l_ima": log_px - c_ima, "approximation_gap": is_px - elbo_star,
+              **fit_values(fit)}
+    return inference.tidy_rows(values, {"seed": seeds, "gamma2": [float(g) for g, _ in grid]},
+                               failed=warm.failed | fit.failed, study="elbo_vs_lima",
+                               mixing=setting["mixing"])
 
 
 def _mean(rows, mixing, metric):

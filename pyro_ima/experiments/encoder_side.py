@@ -21,12 +21,21 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pyro.optim
 import torch
 from scipy import stats
 
 from .. import inference, metrics, mixings, models, priors
-from .common import grid_settings, mark_failed, pyplot, replica_datasets, replica_vae, save_figure
+from ..linear_gaussian import LinearGaussian
+from .common import (
+    Runtime,
+    TrainingConfig,
+    grid_settings,
+    pyplot,
+    replica_datasets,
+    replica_vae,
+    save_figure,
+    train,
+)
 
 LEARNERS = {"isotropic_learned_tau": ("isotropic", True),
             "diagonal_isotropic_noise": ("diagonal", False)}
@@ -60,6 +69,9 @@ class Config:
     learned_lr: float = 1e-3
 
 
+# Linear decoders: Adam at 3e-2 decaying to 1e-3, minibatches of 64, no early stopping.
+_LINEAR_TRAINING = TrainingConfig(lr=3e-2, lr_end=1e-3, patience=None)
+
 FULL = Config()
 QUICK = Config(gamma2=1e2, n=2048, epochs=60, seeds=1, learned_contrasts=(0.0, 4.0),
                learned_seeds=3, learned_n=6000, learned_epochs=20)
@@ -74,54 +86,43 @@ def settings(cfg: Config) -> list[dict]:
     return fixed + [{"learner": name, "grid": grid} for name in LEARNERS]
 
 
-def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
+def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dict]:
     if "learner" in setting:
-        return _run_learned(setting, cfg, progress)
+        return _run_learned(setting, cfg, rt)
     d = 3
     W = _weight(setting["decoder"], d)
     f = mixings.Linear(W)
     p0 = priors.gaussian(d)
     seeds = setting["seeds"]
     R = len(seeds)
-    g = torch.Generator().manual_seed(0)
-    cov_x = W @ W.T + torch.eye(d) / cfg.gamma2
-    x = torch.randn(cfg.n, d, generator=g) @ torch.linalg.cholesky(cov_x).T
-    x_val = torch.randn(512, d, generator=g) @ torch.linalg.cholesky(cov_x).T
+    lg = LinearGaussian(W, cfg.gamma2)
+    x, x_val = lg.sample(cfg.n, seed=0), lg.sample(512, seed=1)
     vae = models.GaussianVAE(f, p0, cfg.gamma2, replicas=R, learn_noise=setting["learn_noise"],
                              data_dim=d)
     enc = models.MLP(d, models.IsotropicGuide.num_outputs(d), hidden=(), replicas=R,
                      seed=seeds)
     guide = models.IsotropicGuide(vae, enc, init_scale=0.1)
-    optim = pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam, "optim_args": {"lr": 3e-2},
-                                      "gamma": (1 / 30) ** (1 / cfg.epochs)})
-    fit = inference.fit(vae, guide, x, x_val, epochs=cfg.epochs, batch_size=64, optim=optim,
-                        seed=seeds, progress=progress)
+    fit = train(vae, guide, x, x_val, _LINEAR_TRAINING, seeds, rt, desc="encoder side",
+                epochs=cfg.epochs)
     xe = x_val[:200]
     guide.fix_loc(lambda v: f.inv(v))  # ELBO* and the Laplace proposal at the posterior mode
     elbo_star = inference.refine_elbo(vae, guide, xe, steps=150, seed=1).mean(-1)
     log_px = inference.importance_log_px(vae, guide, xe, num_samples=50, proposal="laplace",
                                          seed=2, khat_warn=1.0).log_px.mean(-1)
     J = W.double()
-    rows = []
-    tau = None if vae.tau() is None else vae.tau().detach()
-    for r, s in enumerate(seeds):
-        values = {"gap": float(log_px[r] - elbo_star[r]),
-                  "c_row": float(metrics.row_contrast(J)),
-                  "c_conf": float(metrics.conformal_contrast(J)),
-                  "c_ima": float(metrics.ima_contrast(J))}
-        if tau is not None:  # learned relative scales vs the prediction tau_i^2 ~ ||J[i,:]||^2
-            pred = (J.square().sum(1)).sqrt()
-            pred = pred / pred.log().mean().exp()
-            values["tau_error"] = float((tau[r, 0].double() - pred).abs().max())
-        rows += [{"study": "encoder_side", "decoder": setting["decoder"],
-                  "learn_noise": setting["learn_noise"], "replica": r, "seed": s,
-                  "gamma2": cfg.gamma2, "metric": k, "value": v} for k, v in values.items()]
-    for row in rows:
-        row["failed"] = bool(fit.failed[row["replica"]])
-    return rows
+    values = {"gap": log_px - elbo_star, "c_row": metrics.row_contrast(J).expand(R),
+              "c_conf": metrics.conformal_contrast(J).expand(R),
+              "c_ima": metrics.ima_contrast(J).expand(R)}
+    if vae.learn_noise:  # learned relative scales vs the prediction tau_i^2 ~ ||J[i,:]||^2
+        pred = J.square().sum(1).sqrt()
+        pred = pred / pred.log().mean().exp()
+        values["tau_error"] = (vae.tau().detach()[:, 0].double().cpu() - pred).abs().amax(-1)
+    return inference.tidy_rows(values, {"seed": seeds}, failed=fit.failed, study="encoder_side",
+                               decoder=setting["decoder"], learn_noise=setting["learn_noise"],
+                               gamma2=cfg.gamma2)
 
 
-def _run_learned(setting: dict, cfg: Config, progress: bool) -> list[dict]:
+def _run_learned(setting: dict, cfg: Config, rt: Runtime) -> list[dict]:
     d = 3
     family, learn_noise = LEARNERS[setting["learner"]]
     cs = {s: float(c) for c, s in setting["grid"]}
@@ -134,22 +135,16 @@ def _run_learned(setting: dict, cfg: Config, progress: bool) -> list[dict]:
     vae, guide = replica_vae(d, p0, torch.full((R,), cfg.learned_gamma2), seeds, family=family,
                              learn_noise=learn_noise,
                              init_scale=1 / math.sqrt(cfg.learned_gamma2))
-    fit = inference.fit(vae, guide, tr, va, epochs=cfg.learned_epochs, lr=cfg.learned_lr,
-                        patience=cfg.learned_patience, seed=seeds, progress=progress)
-    with torch.no_grad():
-        z_hat = guide.point_estimate(te)
-        J = metrics.jacobian(vae.decoder, z_hat)
-    rows = []
-    for r, s in enumerate(seeds):
-        values = {"mcc": metrics.mcc(tz[r], z_hat[r]).score,
-                  "decoder_c_row": float(metrics.row_contrast(J[r]).mean()),
-                  "decoder_c_ima": float(metrics.ima_contrast(J[r]).mean()),
-                  "mixing_c_row": cs[s]}
-        rows += [{"study": "encoder_side", "part": "learned_decoder",
-                  "learner": setting["learner"], "contrast": cs[s], "replica": r, "seed": s,
-                  "gamma2": cfg.learned_gamma2, "metric": k, "value": float(v)}
-                 for k, v in values.items()]
-    return mark_failed(rows, fit.failed)
+    training = TrainingConfig(n=cfg.learned_n, epochs=cfg.learned_epochs,
+                              patience=cfg.learned_patience, lr=cfg.learned_lr)
+    fit = train(vae, guide, tr, va, training, seeds, rt, desc=setting["learner"])
+    m = inference.evaluate(vae, guide, te, tz, metrics=("mcc", "contrasts"))
+    contrasts = [cs[s] for s in seeds]
+    values = {"mcc": m["mcc_pearson"], "decoder_c_row": m["c_row"], "decoder_c_ima": m["c_ima"],
+              "mixing_c_row": torch.tensor(contrasts, dtype=torch.float64)}
+    return inference.tidy_rows(values, {"contrast": contrasts, "seed": seeds}, failed=fit.failed,
+                               study="encoder_side", part="learned_decoder",
+                               learner=setting["learner"], gamma2=cfg.learned_gamma2)
 
 
 def _summarize_learned(rows: list[dict]) -> dict:

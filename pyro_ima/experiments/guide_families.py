@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import data, inference, metrics, mixings, models, priors
-from .common import TrainingConfig, mark_failed, pyplot, replica_vae, save_figure
+from .common import Runtime, TrainingConfig, pyplot, replica_vae, save_figure, train
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -77,21 +77,19 @@ def _fixed(setting: dict, cfg: Config) -> list[dict]:
                                         proposal="laplace", seed=2, khat_warn=1.0)
     with torch.no_grad():
         J = metrics.jacobian(f, f.inv(x))
-    limits = {"diagonal": metrics.ima_contrast(J).mean(),
-              "isotropic": metrics.conformal_contrast(J).mean(),
-              "full": torch.zeros(())}
-    rows = []
-    for r, g in enumerate(cfg.gamma2s):
-        values = {"approximation_gap": (is_px.log_px[r] - elbo_star[r]).mean(),
-                  "predicted_limit": limits[setting["family"]],
-                  "c_ima": limits["diagonal"], "c_conf": limits["isotropic"]}
-        rows += [{"study": "guide_families", "part": "fixed", "decoder": setting["decoder"],
-                  "family": setting["family"], "replica": r, "seed": 0, "gamma2": float(g),
-                  "metric": k, "value": float(v)} for k, v in values.items()]
-    return rows
+    # the family's gap as gamma -> infinity: its linearized gap for P = gamma^2 J^T J, which is
+    # scale-free: D(J^T J) = c_IMA (diagonal), c_conf (isotropic), 0 (full)
+    limit = cls.predicted_gap(J.transpose(-1, -2) @ J).mean()
+    c_ima, c_conf = metrics.ima_contrast(J).mean(), metrics.conformal_contrast(J).mean()
+    values = {"approximation_gap": (is_px.log_px - elbo_star).mean(-1),
+              "predicted_limit": limit.expand(R), "c_ima": c_ima.expand(R),
+              "c_conf": c_conf.expand(R)}
+    return inference.tidy_rows(values, {"gamma2": [float(g) for g in cfg.gamma2s]},
+                               study="guide_families", part="fixed",
+                               decoder=setting["decoder"], family=setting["family"], seed=0)
 
 
-def _learned(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
+def _learned(setting: dict, cfg: Config, rt: Runtime) -> list[dict]:
     d = 3
     f = _decoder(setting["mixing"], d)
     p0 = priors.gaussian(d, scale=PRIOR_SCALE)
@@ -100,21 +98,15 @@ def _learned(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
     g2 = cfg.learned_gamma2
     vae, guide = replica_vae(d, p0, torch.full((len(seeds),), g2), seeds,
                              family=setting["family"], init_scale=1 / math.sqrt(g2))
-    fit = inference.fit(vae, guide, ds.train, ds.val, epochs=cfg.epochs, lr=cfg.lr,
-                  patience=cfg.patience, seed=seeds, progress=progress)
-    with torch.no_grad():
-        z_hat = guide.point_estimate(ds.test.x.expand((len(seeds),) + ds.test.x.shape))
-    rows = []
-    for r, s in enumerate(seeds):
-        rows.append({"study": "guide_families", "part": "learned", "mixing": setting["mixing"],
-                     "family": setting["family"], "replica": r, "seed": s, "gamma2": g2,
-                     "metric": "mcc", "value": metrics.mcc(ds.test.z, z_hat[r]).score})
-    return mark_failed(rows, fit.failed)
+    fit = train(vae, guide, ds.train, ds.val, cfg, seeds, rt, desc="guide families")
+    m = inference.evaluate(vae, guide, ds.test.x, ds.test.z, metrics=("mcc",))
+    return inference.tidy_rows({"mcc": m["mcc_pearson"]}, {"seed": seeds}, failed=fit.failed,
+                               study="guide_families", part="learned",
+                               mixing=setting["mixing"], family=setting["family"], gamma2=g2)
 
 
-def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
-    return (_fixed(setting, cfg) if setting["part"] == "fixed"
-            else _learned(setting, cfg, progress))
+def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dict]:
+    return _fixed(setting, cfg) if setting["part"] == "fixed" else _learned(setting, cfg, rt)
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -17,14 +17,15 @@ from torch.distributions import ComposeTransform
 
 from .. import inference, metrics, mixings, priors
 from .common import (
+    Runtime,
     TrainingConfig,
     fit_values,
     grid_settings,
-    mark_failed,
     pyplot,
     replica_datasets,
     replica_vae,
     save_figure,
+    train,
     training_summary,
 )
 
@@ -55,7 +56,7 @@ def _mixing(c: float, seed: int):
                              mixings.VolumePreservingLinear.with_contrast(c, 3, seed=seed)])
 
 
-def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
+def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dict]:
     d = 3
     cs = {s: float(c) for c, s in setting["grid"]}
     seeds = [s for _, s in setting["grid"]]
@@ -64,21 +65,15 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
     R = len(seeds)
     vae, guide = replica_vae(d, p0, torch.full((R,), cfg.gamma2), seeds,
                              init_scale=1 / math.sqrt(cfg.gamma2))
-    fit = inference.fit(vae, guide, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                        lr=cfg.lr, patience=cfg.patience, seed=seeds, progress=progress)
+    fit = train(vae, guide, tr, va, cfg, seeds, rt, desc="linear contrast")
+    m = inference.evaluate(vae, guide, te, tz, metrics=("mcc", "contrasts"))
     with torch.no_grad():
-        z_hat = guide.point_estimate(te)
-        c_dec = metrics.ima_contrast(metrics.jacobian(vae.decoder, z_hat)).mean(-1)
-    rows = []
-    for r, s in enumerate(seeds):
-        with torch.no_grad():
-            c_mix = metrics.ima_contrast(metrics.jacobian(mixes[r], tz[r])).mean()
-        values = {"mcc": metrics.mcc(tz[r], z_hat[r]).score, "mixing_c_ima": float(c_mix),
-                  "decoder_c_ima": float(c_dec[r]), **fit_values(fit, r)}
-        rows += [{"study": "linear_contrast", "contrast": cs[s], "replica": r, "seed": s,
-                  "gamma2": cfg.gamma2, "metric": k, "value": float(v)}
-                 for k, v in values.items()]
-    return mark_failed(rows, fit.failed)
+        c_mix = torch.stack([metrics.ima_contrast(metrics.jacobian(mixes[r], tz[r])).mean()
+                             for r in range(R)])
+    values = {"mcc": m["mcc_pearson"], "mixing_c_ima": c_mix, "decoder_c_ima": m["c_ima"],
+              **fit_values(fit)}
+    return inference.tidy_rows(values, {"contrast": [cs[s] for s in seeds], "seed": seeds},
+                               failed=fit.failed, study="linear_contrast", gamma2=cfg.gamma2)
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -11,16 +11,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import inference, metrics, mixings, priors
+from .. import inference, mixings, priors
 from .common import (
+    Runtime,
     TrainingConfig,
     fit_values,
     grid_settings,
-    mark_failed,
     pyplot,
     replica_datasets,
     replica_vae,
     save_figure,
+    train,
     training_summary,
 )
 
@@ -46,7 +47,7 @@ def settings(cfg: Config) -> list[dict]:
     return grid_settings(cfg.gamma2s, range(cfg.seeds), cfg.replicas_per_setting)
 
 
-def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
+def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dict]:
     d = 3
     g2s = [float(g) for g, _ in setting["grid"]]
     seeds = [s for _, s in setting["grid"]]
@@ -54,21 +55,12 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
     tr, va, te, tz, _ = replica_datasets(lambda s: mixings.Moebius(d, seed=s), p0, cfg.n, seeds)
     gamma2 = torch.tensor(g2s)
     vae, guide = replica_vae(d, p0, gamma2, seeds, init_scale=gamma2.rsqrt().clamp(max=0.1))
-    fit = inference.fit(vae, guide, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                        lr=cfg.lr, patience=cfg.patience, seed=seeds, progress=progress)
-    with torch.no_grad():
-        z_hat = guide.point_estimate(te)  # (R, N, d)
-        J = metrics.jacobian(vae.decoder, z_hat)
-    c_ima = metrics.ima_contrast(J).mean(-1)
-    c_conf = metrics.conformal_contrast(J).mean(-1)
-    rows = []
-    for r, s in enumerate(seeds):
-        values = {"mcc": metrics.mcc(tz[r], z_hat[r]).score,
-                  "mcc_spearman": metrics.mcc(tz[r], z_hat[r], "spearman").score,
-                  "c_ima": float(c_ima[r]), "c_conf": float(c_conf[r]), **fit_values(fit, r)}
-        rows += [{"study": "moebius", "replica": r, "seed": s, "gamma2": g2s[r], "metric": k,
-                  "value": float(v)} for k, v in values.items()]
-    return mark_failed(rows, fit.failed)
+    fit = train(vae, guide, tr, va, cfg, seeds, rt, desc="moebius")
+    m = inference.evaluate(vae, guide, te, tz, metrics=("mcc", "contrasts"))
+    values = {"mcc": m["mcc_pearson"], "mcc_spearman": m["mcc_spearman"], "c_ima": m["c_ima"],
+              "c_conf": m["c_conf"], **fit_values(fit)}
+    return inference.tidy_rows(values, {"seed": seeds, "gamma2": g2s}, failed=fit.failed,
+                               study="moebius")
 
 
 def _by_gamma(rows, metric):

@@ -20,14 +20,15 @@ from scipy import stats
 
 from .. import inference, mixings, priors
 from .common import (
+    Runtime,
     TrainingConfig,
     fit_values,
     grid_settings,
-    mark_failed,
     pyplot,
     replica_datasets,
     replica_vae,
     save_figure,
+    train,
     training_summary,
 )
 
@@ -53,7 +54,7 @@ def settings(cfg: Config) -> list[dict]:
     return grid_settings(cfg.gamma2s, range(cfg.seeds), cfg.replicas_per_setting)
 
 
-def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict]:
+def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dict]:
     d = 3
     g2s = [float(g) for g, _ in setting["grid"]]
     seeds = [s for _, s in setting["grid"]]
@@ -61,32 +62,28 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False) -> list[dict
     tr, va, te, _, mixes = replica_datasets(lambda s: mixings.SmoothLeakyMLP(d, seed=s), p0,
                                             cfg.n, seeds)
     R = len(seeds)
-    gamma2 = torch.tensor(g2s)
+    gamma2 = torch.tensor(g2s)  # on the setting's device and dtype (PyTorch's defaults)
     vae, guide = replica_vae(d, p0, gamma2, seeds, init_scale=gamma2.rsqrt()[:, None])
-    fit = inference.fit(vae, guide, tr, va, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                        lr=cfg.lr, patience=cfg.patience, seed=seeds, progress=progress)
+    fit = train(vae, guide, tr, va, cfg, seeds, rt, desc="self-consistency")
     x = te[:, : cfg.eval_points]
     sc = inference.self_consistency(vae, guide, x)
     with torch.no_grad():
         loc = guide.loc(x)
-        P = inference.laplace_precision(vae, guide, loc)
-        pred = inference.predicted_variances(P, "diagonal")  # (R, N, d)
+        P = inference.laplace_precision.batched(vae, guide, loc)
+        pred = guide.predicted_variances(P)  # (R, N, d): eq. 12, 1 / P_kk
         learned = guide.covariance(x).diagonal(dim1=-2, dim2=-1)
         true_err = torch.stack([torch.linalg.vector_norm(loc[r] - mixes[r].inv(x[r]), dim=-1)
                                 for r in range(R)])
-    rows = []
-    for r, s in enumerate(seeds):
-        values = {"encoder_variance": sc["encoder_variance"][r].mean(),
-                  "reconstruction_error": sc["reconstruction_error"][r].mean(),
-                  "inverse_error": sc["decoder_inverse_error"][r].mean(),
-                  "inverse_residual_max": sc["decoder_inverse_residual"][r].max(),
-                  "true_inverse_error": true_err[r].mean(),
-                  "predicted_variance": pred[r].mean(),
-                  "variance_ratio_learned_over_predicted": (learned[r] / pred[r]).mean(),
-                  **fit_values(fit, r)}
-        rows += [{"study": "self_consistency", "replica": r, "seed": s, "gamma2": g2s[r],
-                  "metric": k, "value": float(v)} for k, v in values.items()]
-    return mark_failed(rows, fit.failed)
+    values = {"encoder_variance": sc["encoder_variance"].mean(-1),
+              "reconstruction_error": sc["reconstruction_error"].mean(-1),
+              "inverse_error": sc["decoder_inverse_error"].mean(-1),
+              "inverse_residual_max": sc["decoder_inverse_residual"].amax(-1),
+              "true_inverse_error": true_err.mean(-1),
+              "predicted_variance": pred.mean((-2, -1)),
+              "variance_ratio_learned_over_predicted": (learned / pred).mean((-2, -1)),
+              **fit_values(fit)}
+    return inference.tidy_rows(values, {"seed": seeds, "gamma2": g2s}, failed=fit.failed,
+                               study="self_consistency")
 
 
 INVERSE_FOUND = 1e-3  # max ||f(g(x)) - x|| over a replica's points for its g(x) to count

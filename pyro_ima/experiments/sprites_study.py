@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from .. import inference, metrics, models, priors, sprites
-from .._utils import atomic_write_bytes
-from .common import TrainingConfig, pyplot, save_figure
+from .._utils import seeded_rng
+from ..fileio import atomic_write_bytes
+from .common import Runtime, TrainingConfig, pyplot, save_figure, train
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim",
            "traversal", "plot_traversal"]
@@ -42,23 +43,16 @@ def settings(cfg: Config) -> list[dict]:
     return [{"gamma2": g, "seed": s} for g in cfg.gamma2s for s in range(cfg.seeds)]
 
 
-def _measure(vae, guide, x, z):
-    with torch.no_grad():
-        z_hat = guide.point_estimate(x)
-        J = metrics.jacobian(vae.decoder, z_hat, chunk_size=50)
-    res = metrics.mcc(z, z_hat)
-    return res, float(metrics.ima_contrast(J.double()).mean())
-
-
 def traversal(vae, guide, x0: torch.Tensor, steps: int = 7,
               quantiles: tuple = (0.05, 0.95)) -> torch.Tensor:
     """Decoded mean images ``(d, steps, C, H, W)``: latent ``k`` swept over the prior's
     ``quantiles`` (estimated from 4,000 prior draws), the others held at ``x0``'s inferred
     latents."""
-    with torch.no_grad():
-        z0 = guide.point_estimate(x0[None])[0]
+    with torch.no_grad(), seeded_rng(0, vae.device):
+        z0 = guide.point_estimate(x0[None].to(vae.device, vae.dtype))[0]
         draws = vae.prior.sample((4000,))
-        grid = torch.quantile(draws, torch.linspace(*quantiles, steps), dim=0)  # (steps, d)
+        q = torch.linspace(*quantiles, steps, device=vae.device, dtype=vae.dtype)
+        grid = torch.quantile(draws, q, dim=0)  # (steps, d)
         rows = []
         for k in range(z0.shape[-1]):
             z = z0.expand(steps, -1).clone()
@@ -75,7 +69,7 @@ def plot_traversal(images: torch.Tensor, labels, path) -> None:
     for k in range(d):
         for j in range(steps):
             ax = axes[k, j]
-            ax.imshow(images[k, j].permute(1, 2, 0).numpy())
+            ax.imshow(images[k, j].permute(1, 2, 0).cpu().float().numpy())
             ax.set_xticks([])
             ax.set_yticks([])
         axes[k, 0].set_ylabel(labels[k], fontsize=8)
@@ -87,9 +81,8 @@ def plot_traversal(images: torch.Tensor, labels, path) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def run_setting(setting: dict, cfg: Config, progress: bool = False,
-                out_dir: str | Path | None = None) -> list[dict]:
-    """Train one seed, measuring over training; with ``out_dir``, also write the seed's
+def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dict]:
+    """Train one seed, measuring over training; with ``rt.out_dir``, also write the seed's
     latent-traversal figure there."""
     g2, seed = float(setting["gamma2"]), int(setting["seed"])
     ds = sprites.sprites_dataset(sprites.SpritesConfig(n=cfg.n, seed=0))
@@ -100,24 +93,26 @@ def run_setting(setting: dict, cfg: Config, progress: bool = False,
     x, z = ds.test.x[: cfg.eval_points], ds.test.z[: cfg.eval_points]
     rows = []
     every = max(1, cfg.epochs // cfg.checkpoints)
-    failed = False
+    failed = torch.zeros(1, dtype=torch.bool)
     for start in range(0, cfg.epochs, every):
-        fit = inference.fit(vae, guide, ds.train, ds.val, epochs=min(every, cfg.epochs - start),
-                            lr=cfg.lr, patience=cfg.patience, seed=seed + start,
-                            progress=progress)
-        failed = failed or bool(fit.failed)
-        res, c_ima = _measure(vae, guide, x, z)
-        base = {"study": "sprites", "replica": 0, "seed": seed, "gamma2": g2,
-                "epoch": start + fit.epochs_run, "failed": failed}
-        rows.append({**base, "metric": "mcc", "value": res.score})
-        rows.append({**base, "metric": "c_ima", "value": c_ima})
-        for k, name in enumerate(sprites.FACTORS):
-            rows.append({**base, "metric": f"mcc_{name}", "value": float(res.per_factor[k])})
-    if out_dir is not None:
-        factor_of = {int(res.matching[k]): name for k, name in enumerate(sprites.FACTORS)}
+        fit = train(vae, guide, ds.train, ds.val, cfg, seed + start, rt, desc="sprites",
+                    epochs=min(every, cfg.epochs - start))
+        failed |= fit.failed
+        m = inference.evaluate(vae, guide, x, z, metrics=("mcc", "contrasts"),
+                               config=inference.EvalConfig(jacobian_chunk=50))
+        values = {"mcc": m["mcc_pearson"], "c_ima": m["c_ima"],
+                  **{f"mcc_{name}": m[f"mcc_factor{k}"]
+                     for k, name in enumerate(sprites.FACTORS)}}
+        rows += inference.tidy_rows(values, failed=failed, study="sprites", seed=seed,
+                                    gamma2=g2, epoch=start + fit.epochs_run)
+    if rt.out_dir is not None:
+        with torch.no_grad():
+            z_hat = guide.point_estimate(x.to(vae.device, vae.dtype))
+        matching = metrics.mcc(z, z_hat).matching
+        factor_of = {int(matching[k]): name for k, name in enumerate(sprites.FACTORS)}
         labels = [f"z{j} ~ {factor_of.get(j, '?')}" for j in range(4)]
         plot_traversal(traversal(vae, guide, x[0]), labels,
-                       Path(out_dir) / f"traversal_seed{seed}.png")
+                       Path(rt.out_dir) / f"traversal_seed{seed}.png")
     return rows
 
 

@@ -1,28 +1,31 @@
-"""What is computed from a model/guide pair: training, ELBOs, likelihoods, gaps."""
+"""What is computed from a model/guide pair: training, ELBOs, likelihoods, gaps, evaluation."""
 
-from .elbo import as_replica_batch, elbo_per_point, log_weights, standard_noise
-from .gap import (
-    decoder_inverse,
-    gap_report,
-    predicted_gap,
-    predicted_variances,
-    refine_elbo,
-    self_consistency,
+from .elbo import ReplicaTraceELBO, as_replica_batch, elbo_per_point, log_weights, standard_noise
+from .evaluate import (
+    METRIC_GROUPS,
+    EvalConfig,
+    evaluate,
+    evaluate_replicas,
+    summary_line,
+    tidy_rows,
 )
+from .gap import decoder_inverse, gap_report, refine_elbo, self_consistency
 from .likelihood import (
-                         ISResult,
-                         LaplaceProposal,
-                         exact_log_px,
-                         importance_log_px,
-                         laplace_precision,
-                         psis_khat,
+    KHAT_THRESHOLD,
+    ISResult,
+    LaplaceProposal,
+    exact_log_px,
+    importance_log_px,
+    khat_summary,
+    laplace_precision,
+    psis_khat,
 )
-from .tidy import evaluate_replicas
-from .train import FitResult, fit, trainable_parameters
+from .optim import Adam, JointOptim
+from .train import FitConfig, FitResult, fit, trainable_parameters
 
-__all__ = ["fit", "FitResult", "trainable_parameters", "elbo_per_point", "log_weights",
-           "as_replica_batch", "standard_noise", "exact_log_px", "importance_log_px",
-           "ISResult", "psis_khat", "LaplaceProposal", "laplace_precision", "predicted_gap",
-           "predicted_variances", "refine_elbo", "gap_report", "self_consistency",
-           "decoder_inverse",
-           "evaluate_replicas"]
+__all__ = ["fit", "FitConfig", "FitResult", "trainable_parameters", "Adam", "JointOptim",
+           "ReplicaTraceELBO", "elbo_per_point", "log_weights", "as_replica_batch",
+           "standard_noise", "exact_log_px", "importance_log_px", "ISResult", "psis_khat",
+           "khat_summary", "KHAT_THRESHOLD", "LaplaceProposal", "laplace_precision",
+           "refine_elbo", "gap_report", "self_consistency", "decoder_inverse", "evaluate",
+           "EvalConfig", "evaluate_replicas", "tidy_rows", "summary_line", "METRIC_GROUPS"]

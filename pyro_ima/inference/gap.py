@@ -7,45 +7,14 @@ import math
 import torch
 from torch import nn
 
-from .._utils import check_int
-from ..metrics import conformal_contrast, diagonality, ima_contrast, jacobian, row_contrast
+from .._utils import check_int, generator
+from ..metrics import conformal_contrast, ima_contrast, jacobian, row_contrast
 from ..models.guides import AmortizedGaussianGuide
-from ..models.vae import GaussianVAE
-from .elbo import as_replica_batch, elbo_per_point, standard_noise
+from ..models.vae import GaussianVAE, squeezes_replicas
+from .elbo import as_replica_batch, elbo_per_point, log_weights, standard_noise
 from .likelihood import exact_log_px, importance_log_px, laplace_precision
 
-__all__ = ["predicted_gap", "predicted_variances", "refine_elbo", "gap_report",
-           "self_consistency", "decoder_inverse"]
-
-
-def predicted_gap(P: torch.Tensor, family: str) -> torch.Tensor:
-    """The linearized gap of a guide family for posterior precision ``P`` ``(*, d, d)``.
-
-    Diagonal ``1/2 (sum log P_kk - log det P)``, isotropic ``1/2 (d log(tr P / d) - log det P)``,
-    full ``0`` (THEORY.md; exact for linear decoders).
-    """
-    if family == "diagonal":
-        return diagonality(P)
-    if family == "isotropic":
-        d = P.shape[-1]
-        trace = P.diagonal(dim1=-2, dim2=-1).sum(-1)
-        return 0.5 * (d * torch.log(trace / d) - torch.linalg.slogdet(P)[1])
-    if family == "full":
-        return torch.zeros(P.shape[:-2], dtype=P.dtype)
-    raise ValueError(f"family: expected 'diagonal', 'isotropic' or 'full', got {family!r}")
-
-
-def predicted_variances(P: torch.Tensor, family: str) -> torch.Tensor:
-    """The optimal guide variances per latent ``(*, d)``: ``1/P_kk`` (diagonal, eq. 12),
-    ``d / tr P`` (isotropic), ``diag(P^-1)`` (full)."""
-    diag = P.diagonal(dim1=-2, dim2=-1)
-    if family == "diagonal":
-        return 1.0 / diag
-    if family == "isotropic":
-        return (P.shape[-1] / diag.sum(-1, keepdim=True)).expand_as(diag)
-    if family == "full":
-        return torch.linalg.inv(P).diagonal(dim1=-2, dim2=-1)
-    raise ValueError(f"family: expected 'diagonal', 'isotropic' or 'full', got {family!r}")
+__all__ = ["refine_elbo", "gap_report", "self_consistency", "decoder_inverse"]
 
 
 class _PointTable(nn.Module):
@@ -65,28 +34,17 @@ class _PointTable(nn.Module):
         self.loc0, self.scale_tril0 = loc0.detach(), scale_tril0.detach()
         d = loc0.shape[-1]
         k = guide.num_scale_params(d)
-        self.table = nn.Parameter(torch.zeros(loc0.shape[:-1] + (d + k,), dtype=loc0.dtype))
-
-    def _m(self, raw: torch.Tensor) -> torch.Tensor:
-        d = self.loc0.shape[-1]
-        if self.guide.family == "full":
-            rows, cols = torch.tril_indices(d, d)
-            m = raw.new_zeros(raw.shape[:-1] + (d, d))
-            m[..., rows, cols] = raw
-            diag = torch.nn.functional.softplus(m.diagonal(dim1=-2, dim2=-1)
-                                                + self._SOFTPLUS_INV_1)
-            return m - torch.diag_embed(m.diagonal(dim1=-2, dim2=-1)) + torch.diag_embed(diag)
-        diag = torch.nn.functional.softplus(raw + self._SOFTPLUS_INV_1)
-        return torch.diag_embed(diag.expand(raw.shape[:-1] + (d,)))
+        self.table = nn.Parameter(loc0.new_zeros(loc0.shape[:-1] + (d + k,)))
 
     def forward(self, x):
         d = self.loc0.shape[-1]
         delta, raw = self.table[..., :d], self.table[..., d:]
         loc = self.loc0 + (self.scale_tril0 @ delta.unsqueeze(-1)).squeeze(-1)
-        scale_tril = self.scale_tril0 @ self._m(raw)
-        return torch.cat([loc, self.guide.raw_from_scale_tril(scale_tril)], -1)
+        M = self.guide.tril_from_raw(raw, self._SOFTPLUS_INV_1, d)
+        return torch.cat([loc, self.guide.raw_from_scale_tril(self.scale_tril0 @ M)], -1)
 
 
+@squeezes_replicas
 def refine_elbo(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor, *,
                 steps: int = 300, lr: float = 1e-2, num_particles: int = 8,
                 eval_particles: int = 256, init: str = "laplace", seed: int = 0,
@@ -109,21 +67,20 @@ def refine_elbo(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor
         raise ValueError(f"init: expected 'laplace' or 'encoder', got {init!r}")
     check_int("steps", steps, minimum=0)
     x = as_replica_batch(vae, x)
-    n = vae.batch_size_of(x)
-    dim = -1 - vae.obs_event_dim
-    g = torch.Generator().manual_seed(seed)
+    n = x.shape[1]
+    g = generator(seed)
 
     def next_seed():
-        return int(torch.randint(2**62, (), generator=g))
+        return int(torch.randint(2**62, (), generator=g, device="cpu"))
 
     result, guides = [], []
     for start in range(0, n, chunk_size):
-        xs = x.narrow(dim, start, min(chunk_size, n - start))
+        xs = x.narrow(1, start, min(chunk_size, n - start))
         with torch.no_grad():
             loc = guide.loc(xs)
             if init == "laplace":  # the family's optimal fit to N(loc, P^-1)
                 raw = guide.raw_from_covariance(torch.linalg.inv(
-                    laplace_precision(vae, guide, loc)))
+                    laplace_precision.batched(vae, guide, loc)))
                 fixed = torch.cat([loc, raw], -1)
                 scale_tril0 = guide.with_encoder(lambda _, h=fixed: h).scale_tril(xs)
             else:
@@ -132,15 +89,15 @@ def refine_elbo(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor
         local = guide.with_encoder(table)
         local.fix_loc(None)
         opt = torch.optim.Adam(table.parameters(), lr=lr)
-        b = xs.shape[dim]
+        b = xs.shape[1]
         for _ in range(steps):
             eps = standard_noise(vae, num_particles, b, next_seed())
-            loss = -elbo_per_point(vae, local, xs, eps=eps, grad=True,
-                                   beta_weighted=beta_weighted).sum()
+            loss = -log_weights(vae, local, xs, eps, beta_weighted=beta_weighted).mean(0).sum()
             (table.table.grad,) = torch.autograd.grad(loss, table.table)
             opt.step()
-        result.append(elbo_per_point(vae, local, xs, num_particles=eval_particles,
-                                     seed=next_seed(), beta_weighted=beta_weighted))
+        with torch.no_grad():
+            eps = standard_noise(vae, eval_particles, b, next_seed())
+            result.append(log_weights(vae, local, xs, eps, beta_weighted=beta_weighted).mean(0))
         guides.append((start, local))
     elbo_star = torch.cat(result, -1)
     return (elbo_star, guides) if return_guides else elbo_star
@@ -172,22 +129,24 @@ def decoder_inverse(decoder, x: torch.Tensor, z0: torch.Tensor, *, steps: int = 
     return z, residual
 
 
+@squeezes_replicas
 def self_consistency(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor,
                      inverse=None) -> dict[str, torch.Tensor]:
-    """Per-point self-consistency of the encoder and decoder (Prop. 1), ``(N,)`` or ``(R, N)``.
+    """Per-point self-consistency of the encoder and decoder (Prop. 1), ``(R, N)`` tensors
+    (``(N,)`` for ``replicas=None``).
 
     Keys: ``reconstruction_error`` ``||f(mu(x)) - x||``; ``decoder_inverse_error``
     ``||mu(x) - g(x)||`` with ``g`` the *learned* decoder's inverse (:func:`decoder_inverse`
     from ``mu(x)``; square decoders only) and ``decoder_inverse_residual`` (how exactly ``g(x)``
     was found); ``inverse_error`` ``||mu(x) - inverse(x)||`` for a known ``inverse`` (e.g. the
-    true mixing's); ``encoder_variance`` (mean over latents) and ``inverse_gamma2``.
+    true mixing's); ``encoder_variance`` (mean over latents) and ``inverse_gamma2`` ``(R,)``.
     """
     x = as_replica_batch(vae, x)
     with torch.no_grad():
         z = guide.point_estimate(x)
         out = {"reconstruction_error": torch.linalg.vector_norm(vae.decoder(z) - x, dim=-1),
                "encoder_variance": guide.covariance(x).diagonal(dim1=-2, dim2=-1).mean(-1),
-               "inverse_gamma2": (1.0 / vae.gamma2).reshape(vae.gamma2.shape[:1] or ())}
+               "inverse_gamma2": 1.0 / vae.gamma2}
         if x.shape[-1] == z.shape[-1] and vae.obs_event_dim == 1:
             g, res = decoder_inverse(vae.decoder, x, z)
             out["decoder_inverse_error"] = torch.linalg.vector_norm(z - g, dim=-1)
@@ -197,43 +156,47 @@ def self_consistency(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.T
     return out
 
 
+@squeezes_replicas
 def gap_report(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor, *,
                mixing=None, num_samples: int = 1000, refine_steps: int = 300,
                elbo_particles: int = 256, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Everything about the ELBO gap at each point (``(N,)`` or ``(R, N)`` tensors).
+    """Everything about the ELBO gap at each point: ``(R, N)`` tensors (``(N,)`` for
+    ``replicas=None``).
 
     Keys: ``elbo`` (amortized), ``elbo_star`` (refined, :func:`refine_elbo`), ``log_px_is``
-    (Laplace-proposal importance sampling at this gamma) and its ``khat``, ``log_px_exact``
-    (change of variables, with ``mixing``), ``gap`` = ``log_px - elbo``,
+    (Laplace-proposal importance sampling at this gamma, float64) and its ``khat`` and ``ess``,
+    ``log_px_exact`` (change of variables, with ``mixing``), ``gap`` = ``log_px - elbo``,
     ``amortization_gap`` = ``elbo_star - elbo``, ``approximation_gap`` = ``log_px - elbo_star``,
     ``predicted_gap`` (the family's linearized gap at the posterior mode ``g(x)`` if ``mixing``
     is given, else at ``mu(x)``), ``c_ima``, ``c_conf``, ``c_row`` of the decoder there,
-    ``log_px_minus_c_ima`` and ``predicted_variances`` ``(*, d)`` (eq. 12 for the diagonal family).
-    ``log_px`` is the IS estimate.
+    ``log_px_minus_c_ima`` and ``predicted_variances`` ``(R, N, d)`` (eq. 12 for the diagonal
+    family). ``log_px`` is the IS estimate.
     """
     x = as_replica_batch(vae, x)
-    family = guide.family
-    elbo = elbo_per_point(vae, guide, x, num_particles=elbo_particles, seed=seed)
-    elbo_star = refine_elbo(vae, guide, x, steps=refine_steps, seed=seed + 1,
-                            eval_particles=elbo_particles)
-    is_res = importance_log_px(vae, guide, x, num_samples=num_samples, proposal="laplace",
-                               seed=seed + 2)
+    elbo = elbo_per_point.batched(vae, guide, x, num_particles=elbo_particles, seed=seed)
+    elbo_star = refine_elbo.batched(vae, guide, x, steps=refine_steps, seed=seed + 1,
+                                    eval_particles=elbo_particles)
+    is_res = importance_log_px.batched(vae, guide, x, num_samples=num_samples,
+                                       proposal="laplace", seed=seed + 2)
     with torch.no_grad():
         if mixing is not None:
             z0 = mixing.inv(x)
             u0 = z0 if guide.bijection is None else guide.bijection.inv(z0)
         else:
             u0 = guide.loc(x)
-        P = laplace_precision(vae, guide, u0)
+        P = laplace_precision.batched(vae, guide, u0)
         J = jacobian(vae.decoder, u0 if guide.bijection is None else guide.bijection(u0))
-    rep = {"elbo": elbo, "elbo_star": elbo_star, "log_px_is": is_res.log_px.float(),
+    log_px = is_res.log_px
+    rep = {"elbo": elbo, "elbo_star": elbo_star, "log_px_is": log_px,
            "khat": is_res.khat, "ess": is_res.ess}
-    log_px = rep["log_px_is"]
     if mixing is not None:
         rep["log_px_exact"] = exact_log_px(mixing, vae.prior, x)
-    rep.update(gap=log_px - elbo, amortization_gap=elbo_star - elbo,
-               approximation_gap=log_px - elbo_star, predicted_gap=predicted_gap(P, family),
-               c_ima=ima_contrast(J), c_conf=conformal_contrast(J), c_row=row_contrast(J),
-               predicted_variances=predicted_variances(P, family))
-    rep["log_px_minus_c_ima"] = log_px - rep["c_ima"]
+    rep.update(gap=log_px - elbo.double(), amortization_gap=elbo_star - elbo,
+               approximation_gap=log_px - elbo_star.double(),
+               predicted_gap=guide.predicted_gap(P),
+               predicted_variances=guide.predicted_variances(P),
+               c_ima=ima_contrast(J), c_conf=conformal_contrast(J))
+    if J.shape[-1] == J.shape[-2]:  # the row contrast needs a square Jacobian
+        rep["c_row"] = row_contrast(J)
+    rep["log_px_minus_c_ima"] = log_px - rep["c_ima"].double()
     return rep

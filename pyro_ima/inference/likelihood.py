@@ -8,18 +8,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import nn
 
-from .._utils import check_int, check_positive
+from .._utils import as_tensor_on, check_int, check_positive, generator
 from ..metrics import jacobian
-from ..models.guides import AmortizedGaussianGuide, TrilAffineTransform, _ProvidedNoise
-from ..models.vae import GaussianVAE, data_plates
+from ..models.guides import AmortizedGaussianGuide, gaussian_posterior
+from ..models.vae import GaussianVAE, squeezes_replicas
 from .elbo import as_replica_batch, log_weights
 
 __all__ = ["exact_log_px", "importance_log_px", "ISResult", "psis_khat", "LaplaceProposal",
-           "laplace_precision"]
+           "laplace_precision", "khat_summary", "KHAT_THRESHOLD"]
 
 
 _MIN_PSIS_SAMPLES = 5
@@ -36,9 +35,18 @@ def exact_log_px(mixing, prior: torch.distributions.Distribution,
     """
     z = mixing.inv(x)
     inside = prior.support.check(z)
-    safe = torch.where(inside.unsqueeze(-1), z, prior.mean.expand_as(z))
+    safe = torch.where(inside.unsqueeze(-1), z, prior.mean.to(z).expand_as(z))
     lp = prior.log_prob(safe) - mixing.log_abs_det_jacobian(safe, x)
     return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+
+
+def _arviz():
+    """ArviZ, imported without its once-a-day FutureWarning about the 1.0 refactor (it is
+    addressed to ArviZ's users, not to ours)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz
+    return arviz
 
 
 def psis_khat(log_weights: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -53,7 +61,7 @@ def psis_khat(log_weights: np.ndarray | torch.Tensor) -> np.ndarray:
     """
     lw = log_weights.detach().cpu().double().numpy() if torch.is_tensor(log_weights) \
         else np.asarray(log_weights, dtype=np.float64)
-    import arviz
+    arviz = _arviz()
     shape = lw.shape[:-1]
     flat = lw.reshape(-1, lw.shape[-1])
     if flat.shape[-1] < _MIN_PSIS_SAMPLES:
@@ -74,7 +82,7 @@ def psis_khat(log_weights: np.ndarray | torch.Tensor) -> np.ndarray:
 class LaplaceProposal(nn.Module):
     """A fixed Gaussian proposal ``r(z | x) = T(N(loc, L L^T))`` per point, used like a guide.
 
-    ``loc`` ``(*, B, d)`` and ``scale_tril`` ``(*, B, d, d)`` live in the guide's unconstrained
+    ``loc`` ``(R, B, d)`` and ``scale_tril`` ``(R, B, d, d)`` live in the guide's unconstrained
     coordinates; ``T`` is the prior's support bijection.
     """
 
@@ -85,28 +93,26 @@ class LaplaceProposal(nn.Module):
         self.loc, self.scale_tril, self.bijection = loc, scale_tril, bijection
 
     def posterior(self, x=None, eps=None):
-        base = (dist.Normal(torch.zeros_like(self.loc), 1.0).to_event(1) if eps is None
-                else _ProvidedNoise(eps))
-        ts = [TrilAffineTransform(self.loc, self.scale_tril, cache_size=1)]
-        if self.bijection is not None:
-            ts.append(self.bijection)
-        return dist.TransformedDistribution(base, ts)
+        return gaussian_posterior(self.loc, self.scale_tril, self.bijection, eps)
 
     def guide(self, x, eps=None, full_size=None):
-        with data_plates(self.model.batch_size_of(x), self.model.replicas, full_size):
-            with self.model.latent_scale():
-                return pyro.sample("z", self.posterior(x, eps))
+        with self.model.plates(x, full_size), self.model.latent_scale():
+            return pyro.sample("z", self.posterior(x, eps))
 
 
+@squeezes_replicas
 def laplace_precision(vae: GaussianVAE, guide: AmortizedGaussianGuide,
                       u: torch.Tensor) -> torch.Tensor:
-    """``P = J^T Sigma_x^-1 J - Hess log p0`` at unconstrained points ``u`` ``(*, B, d)``.
+    """``P = J^T Sigma_x^-1 J - Hess log p0`` at unconstrained points ``u`` ``(N, d)`` or
+    ``(R, N, d)``; returns ``(R, N, d, d)`` (``(N, d, d)`` for ``replicas=None``).
 
     ``J`` is the Jacobian of ``u -> f(T(u))`` and ``p0`` the prior density in the ``u``
     coordinates (``p0(T(u)) |det dT/du|``), so the same formula serves bounded priors. The
     residual term ``(x - f) Hess f`` is dropped (it vanishes at ``u = g(x)``).
     """
     T = guide.bijection
+    u = as_tensor_on(u, vae.device, vae.dtype)
+    u = u.expand((vae.replicas,) + u.shape) if u.dim() == 2 else u
 
     def decode(v):
         return vae.decoder(v if T is None else T(v))
@@ -117,7 +123,7 @@ def laplace_precision(vae: GaussianVAE, guide: AmortizedGaussianGuide,
         z = T(v)
         return vae.prior.log_prob(z) + T.log_abs_det_jacobian(v, z)
 
-    J = jacobian(decode, u, mode="fwd")  # (*, B, D, d), image outputs flattened
+    J = jacobian(decode, u, mode="fwd")  # (R, B, D, d), image outputs flattened
     batch = u.shape[:-1]
     with torch.no_grad():
         event = vae.decoder(u[..., :1, :] if T is None else T(u[..., :1, :])).shape[len(batch):]
@@ -133,9 +139,31 @@ def laplace_precision(vae: GaussianVAE, guide: AmortizedGaussianGuide,
     return JtSJ - hess.detach()
 
 
+KHAT_THRESHOLD = 0.7
+"""PSIS k-hat above which an importance-sampling estimate is not to be trusted."""
+
+KHAT_CLIP = (-1.0, 10.0)
+
+
+def khat_summary(khat: torch.Tensor, threshold: float = KHAT_THRESHOLD) -> dict[str, torch.Tensor]:
+    """The one definition of the k-hat summaries, over the last dim (points): ``(...)`` each.
+
+    ``khat_median``: the median over the points that have a k-hat (NaN, too few samples, is
+    left out), clipped to ``[-1, 10]`` so it stays a number: a point whose weights were all
+    equal (k-hat ``-inf``, a perfect proposal) counts as -1, one where a single weight dominates
+    (ArviZ's ``+inf``) as 10. ``khat_frac_above``: the share of those points above
+    ``threshold`` (``+inf`` included).
+    """
+    k = khat.double()
+    has = ~torch.isnan(k)
+    median = k.clamp(*KHAT_CLIP).nanmedian(-1).values
+    above = ((k > threshold) & has).sum(-1).double() / has.sum(-1).clamp(min=1)
+    return {"khat_median": median, "khat_frac_above": above}
+
+
 @dataclass
 class ISResult:
-    """Per-point importance-sampling results (shape ``(N,)`` or ``(R, N)``).
+    """Per-point importance-sampling results (shape ``(N,)``, or ``(R, N)`` with replicas).
 
     ``log_px``: ``logsumexp_k w_k - log K``; ``elbo``: the mean log-weight (the ELBO of the
     proposal, from the same draws); ``ess``: effective sample size; ``khat``: PSIS Pareto k-hat;
@@ -149,17 +177,17 @@ class ISResult:
     num_samples: int
 
     def summary(self) -> dict:
-        """Means and medians; ``khat_median`` is over the points whose k-hat could be fitted
-        (``-inf``: equal weights, counts as below any threshold; ``None`` if none could)."""
-        k = self.khat
-        finite = k[torch.isfinite(k)]
+        """Means over the points (replicas pooled) and the k-hat summaries of
+        :func:`khat_summary`."""
+        k = khat_summary(self.khat.reshape(-1))
         return {"log_px": float(self.log_px.mean()), "elbo": float(self.elbo.mean()),
                 "ess_median": float(self.ess.median()),
-                "khat_median": float(finite.median()) if finite.numel() else None,
-                "khat_frac_above_0.7": float((k > 0.7).double().mean())}
+                "khat_median": float(k["khat_median"]),
+                "khat_frac_above": float(k["khat_frac_above"])}
 
 
-def importance_log_px(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor, *,
+@squeezes_replicas
+def importance_log_px(vae: GaussianVAE, guide: AmortizedGaussianGuide, x, *,
                       num_samples: int = 1000, proposal: str = "guide", widen: float = 1.0,
                       seed: int = 0, chunk_points: int = 100, chunk_samples: int = 250,
                       khat_warn: float = 0.1) -> ISResult:
@@ -176,6 +204,7 @@ def importance_log_px(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.
     Chunks of ``chunk_points`` points by ``chunk_samples`` samples bound memory (K = 1000 on
     10,000 points, d = 3: about 300 MB above the process's baseline at the defaults). Warns
     when more than ``khat_warn`` of the points have k-hat > 0.7 (estimates not to be trusted).
+    Results are ``(R, N)`` (``(N,)`` for a model built with ``replicas=None``), float64.
     """
     check_int("num_samples", num_samples)
     check_int("chunk_points", chunk_points)
@@ -184,40 +213,40 @@ def importance_log_px(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.
     if proposal not in ("guide", "laplace"):
         raise ValueError(f"proposal: expected 'guide' or 'laplace', got {proposal!r}")
     x = as_replica_batch(vae, x)
-    n = vae.batch_size_of(x)
-    dim = -1 - vae.obs_event_dim
-    rep = () if vae.replicas is None else (vae.replicas,)
-    g = torch.Generator().manual_seed(seed)
+    n = x.shape[1]
+    g = generator(seed, vae.device)
     out = {"log_px": [], "elbo": [], "ess": [], "khat": []}
     for start in range(0, n, chunk_points):
-        xs = x.narrow(dim, start, min(chunk_points, n - start))
-        b = xs.shape[dim]
+        xs = x.narrow(1, start, min(chunk_points, n - start))
+        b = xs.shape[1]
         with torch.no_grad():
             loc = guide.loc(xs)
             if proposal == "guide":
                 L = guide.scale_tril(xs) * widen
             else:
-                P = laplace_precision(vae, guide, loc)
+                P = laplace_precision.batched(vae, guide, loc)
                 L = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(P))) \
                     * widen
             r = LaplaceProposal(vae, loc, L, guide.bijection)
             lw = []
             for s0 in range(0, num_samples, chunk_samples):
                 k = min(chunk_samples, num_samples - s0)
-                eps = torch.randn((k, *rep, b, vae.latent_dim), generator=g)
+                eps = torch.randn((k, vae.replicas, b, vae.latent_dim), generator=g,
+                                  device=vae.device, dtype=vae.dtype)
                 lw.append(log_weights(vae, r, xs, eps).double())
-            lw = torch.cat(lw, 0)  # (K, [R,] b)
+            lw = torch.cat(lw, 0)  # (K, R, b)
         log_px = torch.logsumexp(lw, 0) - math.log(num_samples)
         ess = torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0))
         out["log_px"].append(log_px)
         out["elbo"].append(lw.mean(0))
         out["ess"].append(ess)
-        out["khat"].append(torch.from_numpy(psis_khat(torch.movedim(lw, 0, -1))))
+        out["khat"].append(torch.from_numpy(psis_khat(torch.movedim(lw, 0, -1))).to(lw.device))
     res = ISResult(*(torch.cat(out[k], -1) for k in ("log_px", "elbo", "ess", "khat")),
                    num_samples=num_samples)
-    frac = float((res.khat > 0.7).double().mean())
+    frac = float(khat_summary(res.khat.reshape(-1))["khat_frac_above"])
     if frac > khat_warn:
-        warnings.warn(f"importance_log_px: {frac:.0%} of points have PSIS k-hat > 0.7; their "
-                      f"log p(x) estimates are not to be trusted (try proposal='laplace', "
-                      f"widen > 1 or more samples)", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"importance_log_px: {frac:.0%} of points have PSIS k-hat > "
+                      f"{KHAT_THRESHOLD}; their log p(x) estimates are not to be trusted (try "
+                      f"proposal='laplace', widen > 1 or more samples)", RuntimeWarning,
+                      stacklevel=2)
     return res

@@ -1,6 +1,8 @@
-"""A Pyro optimizer that steps all parameters with one torch optimizer."""
+"""A Pyro optimizer that steps all parameters with one torch optimizer (and one LR schedule)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from pyro.optim import PyroOptim
@@ -16,23 +18,56 @@ class JointOptim(PyroOptim):
     optimizers (Adam, SGD) compute exactly the same updates either way; this one builds a
     single optimizer (multi-tensor ``foreach`` kernels where supported) over the parameters SVI
     hands it and rebuilds it if that set changes.
+
+    Arguments:
+        optim_constructor: a ``torch.optim.Optimizer`` class.
+        optim_args: its keyword arguments.
+        scheduler: optionally a ``torch.optim.lr_scheduler`` class, stepped by
+            :meth:`end_epoch` (once per epoch in ``fit``).
+        scheduler_args: its keyword arguments.
     """
 
-    def __init__(self, optim_constructor, optim_args: dict):
+    def __init__(self, optim_constructor, optim_args: dict, scheduler=None,
+                 scheduler_args: dict | None = None):
         super().__init__(optim_constructor, optim_args)
-        self._joint = None
+        self._joint: torch.optim.Optimizer | None = None
         self._joint_params: tuple = ()
+        self._scheduler_cls, self._scheduler_args = scheduler, dict(scheduler_args or {})
+        self._scheduler = None
 
     def __call__(self, params, *args, **kwargs) -> None:
         params = tuple(params)
         if self._joint is None or params != self._joint_params:
             state = self._joint.state if self._joint is not None else {}
+            lr = self._joint.param_groups[0]["lr"] if self._joint is not None else None
             self._joint = self.pt_optim_constructor(list(params), **self.pt_optim_args)
+            if lr is not None:  # a rebuilt optimizer keeps the schedule's current rate
+                for group in self._joint.param_groups:
+                    group["lr"] = lr
             for p in params:  # keep moments of parameters seen before
                 if p in state:
                     self._joint.state[p] = state[p]
             self._joint_params = params
+            if self._scheduler_cls is not None:  # continues from the current rate
+                self._scheduler = self._scheduler_cls(self._joint, **self._scheduler_args)
         self._joint.step(*args, **kwargs)
+
+    def end_epoch(self) -> None:
+        """Advance the learning-rate schedule (if any) by one epoch."""
+        if self._scheduler is not None:
+            self._scheduler.step()
+
+    def reset_rows(self, mask_of: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Clear the optimizer's per-element state (Adam's moments) where ``mask_of(p)`` is
+        true, e.g. the rows of replicas rolled back after a numerical fault."""
+        if self._joint is None:
+            return
+        with torch.no_grad():
+            for p, state in self._joint.state.items():
+                m = mask_of(p)
+                for v in state.values():
+                    if torch.is_tensor(v) and v.shape == p.shape:
+                        v.masked_fill_(m.expand_as(v), 0.0)
 
     def get_state(self) -> dict:
         return {} if self._joint is None else {"joint": self._joint.state_dict()}
@@ -42,8 +77,12 @@ class JointOptim(PyroOptim):
             self._joint.load_state_dict(state["joint"])
 
 
-def Adam(optim_args: dict) -> JointOptim:  # noqa: N802 (mirrors pyro.optim.Adam)
-    """``torch.optim.Adam`` over all parameters at once (see :class:`JointOptim`)."""
+def Adam(optim_args: dict, *, lr_decay: float | None = None) -> JointOptim:  # noqa: N802
+    """``torch.optim.Adam`` over all parameters at once (see :class:`JointOptim`), optionally
+    with the learning rate multiplied by ``lr_decay`` after every epoch."""
     args = dict(optim_args)
     args.setdefault("foreach", True)
-    return JointOptim(torch.optim.Adam, args)
+    if lr_decay is None:
+        return JointOptim(torch.optim.Adam, args)
+    return JointOptim(torch.optim.Adam, args, torch.optim.lr_scheduler.ExponentialLR,
+                      {"gamma": lr_decay})

@@ -1,20 +1,21 @@
-"""Amortized Gaussian guides: one base class, three covariance families."""
+"""Amortized Gaussian guides: one base class, three covariance families with their maths."""
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
-import pyro.distributions.constraints as pconstraints
 import torch
 from torch import nn
-from torch.distributions import biject_to, constraints, transform_to
+from torch.distributions import biject_to, constraints
 from torch.distributions.transforms import AffineTransform, Transform
 
-from .._utils import check_positive
-from .vae import GaussianVAE, data_plates, unique_name
+from .._utils import as_tensor_on
+from .vae import GaussianVAE, unique_name
 
 __all__ = ["AmortizedGaussianGuide", "DiagonalGuide", "IsotropicGuide", "FullCovGuide",
-           "GUIDES", "support_bijection", "TrilAffineTransform"]
+           "GUIDES", "support_bijection", "TrilAffineTransform", "softplus_inverse"]
 
 
 def _is_real(support: constraints.Constraint) -> bool:
@@ -30,6 +31,11 @@ def support_bijection(support: constraints.Constraint) -> Transform | None:
     ``u -> a + (b - a) sigmoid(u)`` elementwise, for ``(0, 1)`` the sigmoid.
     """
     return None if _is_real(support) else biject_to(support).with_cache(1)
+
+
+def softplus_inverse(y: torch.Tensor) -> torch.Tensor:
+    """``x`` with ``softplus(x) = y``, for ``y > 0``."""
+    return y + torch.log(-torch.expm1(-y))
 
 
 class TrilAffineTransform(Transform):
@@ -87,7 +93,19 @@ class _ProvidedNoise(dist.TorchDistribution):
         return self.eps
 
     def log_prob(self, value):
-        return dist.Normal(0.0, 1.0).log_prob(value).sum(-1)
+        return -0.5 * (value.square() + math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_posterior(loc: torch.Tensor, scale_tril: torch.Tensor, bijection=None,
+                       eps: torch.Tensor | None = None) -> dist.Distribution:
+    """``T(N(loc, L L^T))`` as a distribution (``T`` a support bijection or ``None``); with
+    ``eps`` its ``rsample`` maps those standard normal draws."""
+    base = (dist.Normal(torch.zeros_like(loc), 1.0).to_event(1) if eps is None
+            else _ProvidedNoise(eps))
+    transforms = [TrilAffineTransform(loc, scale_tril, cache_size=1)]
+    if bijection is not None:
+        transforms.append(bijection)
+    return dist.TransformedDistribution(base, transforms)
 
 
 class AmortizedGaussianGuide(nn.Module):
@@ -99,20 +117,27 @@ class AmortizedGaussianGuide(nn.Module):
     unconstrained coordinates ``u`` pushed onto the support, and ``log q`` includes
     ``-log|det dT/du|``: an exactly normalized density on the support.
 
+    Each family also carries its maths for a Gaussian posterior of precision ``P``: the
+    KL(q||p)-optimal covariance in the family (:meth:`optimal_covariance`), hence the predicted
+    encoder variances and the predicted gap (THEORY.md).
+
+    The guide's methods (``loc``, ``covariance``, ``posterior``, ...) keep the batch shape of
+    ``x``: ``(N, D)`` gives ``(N, ...)`` for a one-replica model, ``(R, N, D)`` gives
+    ``(R, N, ...)``.
+
     Arguments:
         model: the :class:`GaussianVAE` this guide serves (prior support, beta, replicas).
         encoder: a network mapping ``x`` to ``d + num_scale_params(d)`` numbers: the mean
             ``mu(x)`` first, then the family's raw scale parameters.
         init_scale: shifts the raw scale parameters so that a raw output of 0 gives this
             standard deviation (default ``None``: ``softplus(0) = 0.69``). In the
-            near-deterministic regime ``1 / sqrt(gamma2)`` saves many early epochs. With
-            replicas it may be one value per replica (a sequence or tensor of length ``R``).
+            near-deterministic regime ``1 / sqrt(gamma2)`` saves many early epochs. It may be
+            one value per replica (a sequence or tensor of length ``R``).
     """
 
     family = "base"
 
-    def __init__(self, model: GaussianVAE, encoder: nn.Module, *,
-                 init_scale: float | None = None):
+    def __init__(self, model: GaussianVAE, encoder: nn.Module, *, init_scale=None):
         super().__init__()
         if not isinstance(model, GaussianVAE):
             raise TypeError(f"model: expected a GaussianVAE, got {type(model).__name__}")
@@ -120,39 +145,48 @@ class AmortizedGaussianGuide(nn.Module):
         self.encoder = encoder
         self.latent_dim = model.latent_dim
         self.replicas = model.replicas
-        enc_rep = getattr(encoder, "replicas", model.replicas)
-        if enc_rep != model.replicas:
+        enc_rep = getattr(encoder, "replicas", None)
+        if enc_rep is not None and enc_rep != model.replicas:
             raise ValueError(f"encoder: has replicas={enc_rep} but the model has "
-                             f"replicas={model.replicas}")
+                             f"{model.replicas} replica(s)")
         out = getattr(encoder, "out_features", None)
         if out is not None and out != self.num_outputs(self.latent_dim):
             raise ValueError(f"encoder: expected {self.num_outputs(self.latent_dim)} outputs "
-                             f"for a {self.family} guide with d={self.latent_dim}, got {out}")
-        self.bijection = support_bijection(model.prior.support)
+                             f"for a {type(self).__name__} with d={self.latent_dim}, got {out}")
         self.pyro_name = unique_name("guide")
         self._loc_override = None
-        self._raw_shift = self._shift_from(init_scale)
+        self.register_buffer("raw_shift", self._shift_from(init_scale))
 
-    def _shift_from(self, init_scale):
+    def _shift_from(self, init_scale) -> torch.Tensor:
+        """``(R,)``: the raw shift that makes a raw output of 0 give ``init_scale``."""
+        like = {"device": self.model.device, "dtype": self.model.dtype}
         if init_scale is None:
-            return 0.0
-        if torch.as_tensor(init_scale).dim() == 0:
-            init_scale = float(init_scale)
-            check_positive("init_scale", init_scale)
-            scale = torch.tensor(float(init_scale))
-            return float(scale + torch.log(-torch.expm1(-scale)))
-        scale = torch.as_tensor(init_scale, dtype=torch.get_default_dtype()).flatten()
-        if self.replicas is None or scale.numel() != self.replicas:
+            return torch.zeros(self.replicas, **like)
+        if isinstance(init_scale, bool):
+            raise TypeError("init_scale: expected a positive number, got a bool")
+        scale = torch.as_tensor(init_scale, **like).flatten()
+        if scale.numel() == 1:
+            scale = scale.expand(self.replicas)
+        if scale.numel() != self.replicas:
             raise ValueError(f"init_scale: expected a number or one value per replica "
-                             f"({self.replicas} replicas), got {tuple(scale.shape)} values")
-        if not bool((torch.isfinite(scale) & (scale > 0)).all()):
-            raise ValueError("init_scale: expected positive finite values")
-        return scale + torch.log(-torch.expm1(-scale))  # (R,): aligned to the replica dim
+                             f"({self.replicas} replicas), got {scale.numel()} values")
+        min_scale = torch.finfo(scale.dtype).tiny ** 0.25  # its square must stay normal
+        if not bool((torch.isfinite(scale) & (scale > min_scale)).all()):
+            raise ValueError(f"init_scale: expected finite values > {min_scale:.1e}, "
+                             f"got {scale.tolist()}")
+        return softplus_inverse(scale.clone())
 
-    def _shift(self, t: torch.Tensor):
+    def _shift(self, t: torch.Tensor) -> torch.Tensor:
         """The raw shift, broadcastable against ``t`` whose leading dim is the replica dim."""
-        s = self._raw_shift
-        return s if isinstance(s, float) else s.reshape((-1,) + (1,) * (t.dim() - 1)).to(t)
+        return self.raw_shift.reshape((-1,) + (1,) * (t.dim() - 1))
+
+    @property
+    def bijection(self) -> Transform | None:
+        """The prior's support bijection ``T`` (follows the model's device and dtype)."""
+        prior = self.model.prior
+        if getattr(self, "_bijection_of", None) is not prior:
+            self._bijection, self._bijection_of = support_bijection(prior.support), prior
+        return self._bijection
 
     # -- family interface -------------------------------------------------------------------
     @classmethod
@@ -164,29 +198,47 @@ class AmortizedGaussianGuide(nn.Module):
         """How many outputs the encoder needs for latent size ``d``."""
         return d + cls.num_scale_params(d)
 
-    def _affine(self, loc: torch.Tensor, raw: torch.Tensor) -> Transform:
+    @classmethod
+    def tril_from_raw(cls, raw: torch.Tensor, shift: torch.Tensor | float,
+                      d: int) -> torch.Tensor:
+        """The Cholesky factor ``A`` of this family's form from raw parameters ``(*, k)``:
+        positive entries through ``softplus(raw + shift)``."""
         raise NotImplementedError
 
-    def scale_tril(self, x: torch.Tensor) -> torch.Tensor:
-        """The Cholesky factor ``A(x)`` of the unconstrained covariance, ``(*, d, d)``."""
+    @classmethod
+    def raw_from_tril(cls, L: torch.Tensor, shift: torch.Tensor | float) -> torch.Tensor:
+        """The inverse of :meth:`tril_from_raw` on this family's Cholesky factors."""
         raise NotImplementedError
 
-    def raw_from_scale_tril(self, L: torch.Tensor) -> torch.Tensor:
-        """Raw scale parameters that give the Cholesky factor ``L`` (of this family's form)."""
+    @classmethod
+    def optimal_covariance(cls, P: torch.Tensor) -> torch.Tensor:
+        """The covariance in this family closest to ``N(m, P^-1)`` in KL(q||p), ``(*, d, d)``."""
         raise NotImplementedError
 
-    def raw_from_covariance(self, cov: torch.Tensor) -> torch.Tensor:
-        """Raw scale parameters whose covariance is the family's KL(q||p)-optimal fit to a
-        Gaussian posterior with covariance ``cov`` ``(*, d, d)``: ``1 / (cov^-1)_kk`` on the
-        diagonal (diagonal family), ``d / tr(cov^-1)`` (isotropic), ``cov`` itself (full)."""
-        raise NotImplementedError
+    @classmethod
+    def predicted_variances(cls, P: torch.Tensor) -> torch.Tensor:
+        """The optimal guide variances per latent ``(*, d)`` for posterior precision ``P``
+        (the diagonal family's is the paper's eq. 12, ``1 / P_kk``)."""
+        return cls.optimal_covariance(P).diagonal(dim1=-2, dim2=-1)
 
-    def _inv_scale(self, scale: torch.Tensor) -> torch.Tensor:
-        return scale + torch.log(-torch.expm1(-scale)) - self._shift(scale)
+    @classmethod
+    def predicted_gap(cls, P: torch.Tensor) -> torch.Tensor:
+        """The linearized gap ``KL(q* || N(m, P^-1))`` of this family, ``P.shape[:-2]``.
+
+        ``1/2 (tr(P S) - d - log det P - log det S)`` with ``S`` the optimal covariance: the
+        diagonal family's ``1/2 (sum log P_kk - log det P)``, the isotropic family's
+        ``1/2 (d log(tr P / d) - log det P)``, 0 for the full family (exact for linear decoders).
+        """
+        S = cls.optimal_covariance(P)
+        d = P.shape[-1]
+        trace = (P * S.transpose(-1, -2)).sum((-2, -1))
+        return 0.5 * (trace - d - torch.linalg.slogdet(P)[1] - torch.linalg.slogdet(S)[1])
 
     # -- shared -----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu(x), raw scale parameters)`` in the unconstrained coordinates."""
+        """``(mu(x), raw scale parameters)`` in the unconstrained coordinates (``x`` is taken to
+        the model's device and dtype)."""
+        x = as_tensor_on(x, self.model.device, self.model.dtype)
         h = self.encoder(x)
         loc, raw = h[..., : self.latent_dim], h[..., self.latent_dim:]
         if self._loc_override is not None:
@@ -196,6 +248,21 @@ class AmortizedGaussianGuide(nn.Module):
     def loc(self, x: torch.Tensor) -> torch.Tensor:
         """The Gaussian mean ``mu(x)`` in unconstrained coordinates, ``(*, d)``."""
         return self.encode(x)[0]
+
+    def scale_tril(self, x: torch.Tensor) -> torch.Tensor:
+        """The Cholesky factor ``A(x)`` of the unconstrained covariance, ``(*, d, d)``."""
+        raw = self.encode(x)[1]
+        return self.tril_from_raw(raw, self._shift(raw), self.latent_dim)
+
+    def raw_from_scale_tril(self, L: torch.Tensor) -> torch.Tensor:
+        """Raw scale parameters that give the Cholesky factor ``L`` (of this family's form)."""
+        return self.raw_from_tril(L, self._shift(L[..., 0]))
+
+    def raw_from_covariance(self, cov: torch.Tensor) -> torch.Tensor:
+        """Raw scale parameters whose covariance is this family's KL(q||p)-optimal fit to a
+        Gaussian posterior with covariance ``cov`` ``(*, d, d)``."""
+        S = self.optimal_covariance(torch.linalg.inv(cov))
+        return self.raw_from_scale_tril(torch.linalg.cholesky(S))
 
     def point_estimate(self, x: torch.Tensor) -> torch.Tensor:
         """``T(mu(x))``: the posterior mean for R^d priors, its median on bounded supports."""
@@ -214,20 +281,16 @@ class AmortizedGaussianGuide(nn.Module):
         draws instead of fresh ones; ``log_prob`` is unchanged.
         """
         loc, raw = self.encode(x)
-        base = (dist.Normal(torch.zeros_like(loc), 1.0).to_event(1) if eps is None
-                else _ProvidedNoise(eps))
-        transforms = [self._affine(loc, raw)]
-        if self.bijection is not None:
-            transforms.append(self.bijection)
-        return dist.TransformedDistribution(base, transforms)
+        L = self.tril_from_raw(raw, self._shift(raw), self.latent_dim)
+        return gaussian_posterior(loc, L, self.bijection, eps)
 
     def guide(self, x: torch.Tensor, eps: torch.Tensor | None = None,
               full_size: int | None = None) -> torch.Tensor:
         """The Pyro guide: samples site ``z`` inside the model's plates and beta scale."""
         pyro.module(self.pyro_name, self)
-        with data_plates(self.model.batch_size_of(x), self.replicas, full_size):
-            with self.model.latent_scale():
-                return pyro.sample("z", self.posterior(x, eps))
+        x = self.model.as_replica_batch(x)
+        with self.model.plates(x, full_size), self.model.latent_scale():
+            return pyro.sample("z", self.posterior(x, eps))
 
     def forward(self, *args, **kwargs):
         return self.guide(*args, **kwargs)
@@ -235,7 +298,8 @@ class AmortizedGaussianGuide(nn.Module):
     def with_encoder(self, encoder: nn.Module) -> AmortizedGaussianGuide:
         """A guide of the same family, scale shift and model with another ``encoder``."""
         new = type(self)(self.model, encoder)
-        new._raw_shift, new._loc_override = self._raw_shift, self._loc_override
+        new.raw_shift.copy_(self.raw_shift)
+        new._loc_override = self._loc_override
         return new
 
     def fix_loc(self, fn):
@@ -252,24 +316,26 @@ class DiagonalGuide(AmortizedGaussianGuide):
     family = "diagonal"
 
     @classmethod
-    def num_scale_params(cls, d: int) -> int:
+    def num_scale_params(cls, d):
         return d
 
-    def _scale(self, raw):
-        return transform_to(pconstraints.softplus_positive)(raw + self._shift(raw))
+    @classmethod
+    def tril_from_raw(cls, raw, shift, d):
+        return torch.diag_embed(torch.nn.functional.softplus(raw + shift))
 
-    def _affine(self, loc, raw):
-        return AffineTransform(loc, self._scale(raw), event_dim=1, cache_size=1)
+    @classmethod
+    def raw_from_tril(cls, L, shift):
+        return softplus_inverse(L.diagonal(dim1=-2, dim2=-1)) - shift
 
-    def scale_tril(self, x):
-        return torch.diag_embed(self._scale(self.encode(x)[1]))
+    @classmethod
+    def optimal_covariance(cls, P):
+        return torch.diag_embed(1.0 / P.diagonal(dim1=-2, dim2=-1))
 
-    def raw_from_covariance(self, cov):
-        prec = torch.linalg.inv(cov).diagonal(dim1=-2, dim2=-1)
-        return self._inv_scale(prec.rsqrt())
-
-    def raw_from_scale_tril(self, L):
-        return self._inv_scale(L.diagonal(dim1=-2, dim2=-1))
+    def posterior(self, x, eps=None):
+        # the affine map as an elementwise scale: the same density, cheaper than a triangular one
+        loc, raw = self.encode(x)
+        scale = torch.nn.functional.softplus(raw + self._shift(raw))
+        return _elementwise_posterior(loc, scale, self.bijection, eps)
 
 
 class IsotropicGuide(AmortizedGaussianGuide):
@@ -278,26 +344,28 @@ class IsotropicGuide(AmortizedGaussianGuide):
     family = "isotropic"
 
     @classmethod
-    def num_scale_params(cls, d: int) -> int:
+    def num_scale_params(cls, d):
         return 1
 
-    def _scale(self, raw, loc):
-        scale = transform_to(pconstraints.softplus_positive)(raw + self._shift(raw))
-        return scale.expand_as(loc)
+    @classmethod
+    def tril_from_raw(cls, raw, shift, d):
+        scale = torch.nn.functional.softplus(raw + shift)
+        return torch.diag_embed(scale.expand(raw.shape[:-1] + (d,)))
 
-    def _affine(self, loc, raw):
-        return AffineTransform(loc, self._scale(raw, loc), event_dim=1, cache_size=1)
+    @classmethod
+    def raw_from_tril(cls, L, shift):
+        return softplus_inverse(L.diagonal(dim1=-2, dim2=-1)[..., :1]) - shift
 
-    def scale_tril(self, x):
+    @classmethod
+    def optimal_covariance(cls, P):
+        d = P.shape[-1]
+        var = d / P.diagonal(dim1=-2, dim2=-1).sum(-1)
+        return var[..., None, None] * torch.eye(d, dtype=P.dtype, device=P.device)
+
+    def posterior(self, x, eps=None):
         loc, raw = self.encode(x)
-        return torch.diag_embed(self._scale(raw, loc))
-
-    def raw_from_covariance(self, cov):
-        trace = torch.linalg.inv(cov).diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
-        return self._inv_scale((cov.shape[-1] / trace).sqrt())
-
-    def raw_from_scale_tril(self, L):
-        return self._inv_scale(L.diagonal(dim1=-2, dim2=-1)[..., :1])
+        scale = torch.nn.functional.softplus(raw + self._shift(raw)).expand_as(loc)
+        return _elementwise_posterior(loc, scale, self.bijection, eps)
 
 
 class FullCovGuide(AmortizedGaussianGuide):
@@ -306,31 +374,37 @@ class FullCovGuide(AmortizedGaussianGuide):
     family = "full"
 
     @classmethod
-    def num_scale_params(cls, d: int) -> int:
+    def num_scale_params(cls, d):
         return d * (d + 1) // 2
 
-    def _tril(self, raw):
-        d = self.latent_dim
-        rows, cols = torch.tril_indices(d, d)
+    @classmethod
+    def tril_from_raw(cls, raw, shift, d):
+        rows, cols = torch.tril_indices(d, d, device=raw.device)
         m = raw.new_zeros(raw.shape[:-1] + (d, d))
         m[..., rows, cols] = raw
-        m = m + self._shift(m) * torch.eye(d, dtype=m.dtype)  # shifts the diagonal only
-        return transform_to(pconstraints.softplus_lower_cholesky)(m)
+        diag = torch.nn.functional.softplus(m.diagonal(dim1=-2, dim2=-1) + shift)
+        return m.tril(-1) + torch.diag_embed(diag)
 
-    def _affine(self, loc, raw):
-        return TrilAffineTransform(loc, self._tril(raw), cache_size=1)
-
-    def scale_tril(self, x):
-        return self._tril(self.encode(x)[1])
-
-    def raw_from_covariance(self, cov):
-        return self.raw_from_scale_tril(torch.linalg.cholesky(cov))
-
-    def raw_from_scale_tril(self, L):
-        diag = L.diagonal(dim1=-2, dim2=-1)
-        L = L - torch.diag_embed(diag) + torch.diag_embed(self._inv_scale(diag))
-        rows, cols = torch.tril_indices(self.latent_dim, self.latent_dim)
+    @classmethod
+    def raw_from_tril(cls, L, shift):
+        d = L.shape[-1]
+        L = L.tril(-1) + torch.diag_embed(softplus_inverse(L.diagonal(dim1=-2, dim2=-1)) - shift)
+        rows, cols = torch.tril_indices(d, d, device=L.device)
         return L[..., rows, cols]
+
+    @classmethod
+    def optimal_covariance(cls, P):
+        return torch.cholesky_inverse(torch.linalg.cholesky(P))
+
+
+def _elementwise_posterior(loc, scale, bijection, eps):
+    base = (dist.Normal(torch.zeros_like(loc), 1.0).to_event(1) if eps is None
+            else _ProvidedNoise(eps))
+    transforms = [AffineTransform(loc, scale, event_dim=1, cache_size=1)]
+    if bijection is not None:
+        transforms.append(bijection)
+    return dist.TransformedDistribution(base, transforms)
 
 
 GUIDES = {cls.family: cls for cls in (DiagonalGuide, IsotropicGuide, FullCovGuide)}
+"""The guide families by the names the command line and the studies use."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._utils import check_int, derive_seed, replica_seeds
+from .._utils import check_int, derive_seed, generator, replica_count, replica_seeds
 
 __all__ = ["SmoothLeakyReLU", "BatchedLinear", "MLP", "smooth_leaky_relu", "ConvEncoder",
            "ConvDecoder"]
@@ -37,19 +37,25 @@ class SmoothLeakyReLU(nn.Module):
         return f"slope={self.slope}"
 
 
+def _on_default_device(t: torch.Tensor) -> torch.Tensor:
+    """Initial values are drawn on the CPU (seeded generators give the same numbers on every
+    machine), then placed where PyTorch puts new tensors."""
+    return t.to(torch.get_default_device())
+
+
 class BatchedLinear(nn.Module):
     """Creates the affine map ``y = x W + b``, optionally one per replica.
 
     Without replicas ``W`` is ``(in, out)`` and ``x`` is ``(*, in)``. With ``replicas=R`` the
-    weights are ``(R, in, out)`` and ``x`` is ``(*, R, B, in)``: replica ``r`` of every leading
-    batch uses ``W[r]``. Initialization follows :class:`torch.nn.Linear` (uniform in
-    ``+-1/sqrt(in)``), drawn for each replica from its own generator so that replica ``r`` equals
-    the unbatched layer built with that replica's generator.
+    weights are ``(R, in, out)`` and ``x`` is ``(*, R, B, in)`` (or ``(B, in)``, shared by every
+    replica): replica ``r`` uses ``W[r]``. Initialization follows :class:`torch.nn.Linear`
+    (uniform in ``+-1/sqrt(in)``), drawn for each replica from its own generator so that replica
+    ``r`` equals the unbatched layer built with that replica's generator.
 
     Arguments:
         in_features: input size.
         out_features: output size.
-        generators: one ``torch.Generator`` per replica (one for an unbatched layer).
+        generators: one CPU ``torch.Generator`` per replica (one for an unbatched layer).
         replicas: number of replicas or ``None``.
     """
 
@@ -58,16 +64,16 @@ class BatchedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.replicas = in_features, out_features, replicas
         bound = 1.0 / math.sqrt(in_features)
-        ws, bs = [], []
-        for g in generators:
-            ws.append((torch.rand(in_features, out_features, generator=g) * 2 - 1) * bound)
-            bs.append((torch.rand(out_features, generator=g) * 2 - 1) * bound)
-        if replicas is None:
-            self.weight = nn.Parameter(ws[0])
-            self.bias = nn.Parameter(bs[0])
-        else:
-            self.weight = nn.Parameter(torch.stack(ws))  # (R, in, out)
-            self.bias = nn.Parameter(torch.stack(bs).unsqueeze(-2))  # (R, 1, out)
+
+        def uniform(*shape, g):
+            return (torch.rand(shape, generator=g, device="cpu") * 2 - 1) * bound
+
+        ws = torch.stack([uniform(in_features, out_features, g=g) for g in generators])
+        bs = torch.stack([uniform(1, out_features, g=g) for g in generators])
+        if replicas is None:  # an unbatched layer broadcasts over any replica axis
+            ws, bs = ws[0], bs[0, 0]
+        self.weight = nn.Parameter(_on_default_device(ws))  # ([R,] in, out)
+        self.bias = nn.Parameter(_on_default_device(bs))  # ([R, 1,] out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (*, R, B, in) @ (R, in, out) broadcasts over the leading dims.
@@ -85,8 +91,8 @@ class MLP(nn.Module):
         out_features: output size.
         hidden: hidden layer sizes (default two layers of 50: a "3-layer MLP").
         activation: a module or callable applied between layers (default smooth leaky ReLU).
-        replicas: ``None`` for one network on ``(*, in)`` inputs, or ``R`` for ``R`` independent
-            networks on ``(*, R, B, in)`` inputs.
+        replicas: ``None`` for one network on ``(*, in)`` inputs (it broadcasts over a replica
+            axis), or ``R`` for ``R`` independent networks on ``(*, R, B, in)`` inputs.
         seed: an int (replica ``r`` uses ``seed + r``) or one seed per replica.
 
     Example:
@@ -101,13 +107,11 @@ class MLP(nn.Module):
         super().__init__()
         check_int("in_features", in_features)
         check_int("out_features", out_features)
-        if replicas is not None:
-            check_int("replicas", replicas)
         for h in hidden:
             check_int("hidden", h)
         self.in_features, self.out_features, self.replicas = in_features, out_features, replicas
-        self.seeds = replica_seeds(seed, replicas)
-        gens = [torch.Generator().manual_seed(derive_seed(s, _INIT_STREAM)) for s in self.seeds]
+        self.seeds = replica_seeds(seed, replica_count(replicas))
+        gens = [generator(derive_seed(s, _INIT_STREAM)) for s in self.seeds]
         sizes = [in_features, *hidden, out_features]
         self.layers = nn.ModuleList(
             BatchedLinear(a, b, gens, replicas) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
@@ -120,13 +124,14 @@ class MLP(nn.Module):
 
 
 def _seeded(module: nn.Module, seed: int) -> nn.Module:
-    """Re-initialize ``module``'s layers (PyTorch's default scheme) from a private generator."""
+    """Initialize ``module``'s layers (PyTorch's default scheme) on the CPU from a private
+    seed, then place it on PyTorch's default device."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, _INIT_STREAM))
         for m in module.modules():
             if hasattr(m, "reset_parameters") and m is not module:
                 m.reset_parameters()
-    return module
+    return module.to(torch.get_default_device())
 
 
 class ConvEncoder(nn.Module):
@@ -142,11 +147,14 @@ class ConvEncoder(nn.Module):
         check_int("out_features", out_features)
         self.out_features, self.replicas = out_features, None
         c = channels
-        self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, c, 4, 2, 1), nn.ReLU(), nn.Conv2d(c, c, 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(c, c, 4, 2, 1), nn.ReLU(), nn.Conv2d(c, c, 4, 2, 1), nn.ReLU())
-        self.mlp = nn.Sequential(nn.Linear(c * 16, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                                 nn.ReLU(), nn.Linear(hidden, out_features))
+        with torch.device("cpu"):
+            self.conv = nn.Sequential(
+                nn.Conv2d(in_channels, c, 4, 2, 1), nn.ReLU(), nn.Conv2d(c, c, 4, 2, 1),
+                nn.ReLU(), nn.Conv2d(c, c, 4, 2, 1), nn.ReLU(), nn.Conv2d(c, c, 4, 2, 1),
+                nn.ReLU())
+            self.mlp = nn.Sequential(nn.Linear(c * 16, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, out_features))
         _seeded(self, seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,13 +173,14 @@ class ConvDecoder(nn.Module):
         check_int("latent_dim", latent_dim)
         self.channels, self.replicas = channels, None
         c = channels
-        self.mlp = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, c * 16), nn.ReLU())
-        self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(c, c, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(c, c, 4, 2, 1),
-            nn.ReLU(), nn.ConvTranspose2d(c, c, 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(c, out_channels, 4, 2, 1))
+        with torch.device("cpu"):
+            self.mlp = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, c * 16), nn.ReLU())
+            self.deconv = nn.Sequential(
+                nn.ConvTranspose2d(c, c, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(c, c, 4, 2, 1),
+                nn.ReLU(), nn.ConvTranspose2d(c, c, 4, 2, 1), nn.ReLU(),
+                nn.ConvTranspose2d(c, out_channels, 4, 2, 1))
         _seeded(self, seed)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,10 @@
-"""The generative side: a Gaussian VAE written as a Pyro model."""
+"""The generative side: a Gaussian VAE written as a Pyro model, always with a replica axis."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import itertools
 from collections.abc import Callable
 
@@ -12,9 +14,9 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from .._utils import check_int, check_positive
+from .._utils import as_tensor_on, check_int, check_positive, map_tensors, replica_count, to_like
 
-__all__ = ["GaussianVAE", "data_plates"]
+__all__ = ["GaussianVAE", "data_plates", "unique_name", "squeezes_replicas"]
 
 _names = itertools.count()
 
@@ -25,33 +27,59 @@ def unique_name(prefix: str) -> str:
 
 
 @contextlib.contextmanager
-def data_plates(batch_size: int, replicas: int | None, full_size: int | None = None):
-    """Enters the plates shared by model and guide.
+def data_plates(batch_size: int, replicas: int, full_size: int | None = None,
+                device: torch.device | None = None):
+    """Enters the plates shared by model and guide: ``replicas`` (dim -2) and ``data`` (dim -1).
 
-    ``replicas`` (dim -2, only with replicas) and ``data`` (dim -1). With ``full_size`` the data
-    plate is a minibatch of ``batch_size`` out of ``full_size`` points, and every log-density
-    inside it is scaled by ``full_size / batch_size`` (the minibatch estimate of the full sum).
+    With ``full_size`` the data plate is a minibatch of ``batch_size`` out of ``full_size``
+    points, and every log-density inside it is scaled by ``full_size / batch_size`` (the
+    minibatch estimate of the full sum).
     """
-    scale = 1.0 if full_size is None else full_size / batch_size
-    with contextlib.ExitStack() as stack:
-        if replicas is not None:
-            stack.enter_context(pyro.plate("replicas", replicas, dim=-2))
-        stack.enter_context(pyro.plate("data", batch_size, dim=-1))
-        if scale != 1.0:
-            stack.enter_context(poutine.scale(scale=scale))
+    scaled = full_size is not None and full_size != batch_size
+    with pyro.plate("replicas", replicas, dim=-2, device=device), \
+            pyro.plate("data", batch_size, dim=-1, device=device), \
+            (poutine.scale(scale=full_size / batch_size) if scaled else contextlib.nullcontext()):
         yield
 
 
-def _per_replica(name: str, value, replicas: int | None, trailing: int) -> torch.Tensor:
-    """``value`` as a float tensor: a scalar, or ``(R,) + (1,) * trailing`` per replica."""
-    t = torch.as_tensor(value, dtype=torch.get_default_dtype())
-    check_positive(name, t) if t.dim() else check_positive(name, float(t))
+def _per_replica(name: str, value, replicas: int, like: dict) -> torch.Tensor:
+    """``value`` as a ``(R,)`` tensor: one number for every replica, or one per replica."""
+    if isinstance(value, bool) or (torch.is_tensor(value) and value.dtype == torch.bool):
+        raise TypeError(f"{name}: expected a positive number, got a bool")
+    t = torch.as_tensor(value, dtype=like.get("dtype", torch.get_default_dtype()),
+                        device=like.get("device"))
     if t.dim() == 0:
-        return t
-    if replicas is None or t.shape != (replicas,):
+        check_positive(name, float(t))
+        return t.expand(replicas).clone()
+    check_positive(name, t)
+    if t.shape != (replicas,):
         raise ValueError(f"{name}: expected a number or a tensor of shape ({replicas},) "
                          f"(one per replica), got shape {tuple(t.shape)}")
-    return t.reshape((replicas,) + (1,) * trailing)
+    return t.clone()
+
+
+def _map_results(obj, fn):
+    if torch.is_tensor(obj):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_results(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_results(v, fn) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: _map_results(getattr(obj, f.name), fn)
+                                           for f in dataclasses.fields(obj)})
+    return obj
+
+
+def squeezes_replicas(fn):
+    """Decorates a public estimator ``fn(vae, ...)`` whose results carry the replica axis
+    ``(R, ...)``: the decorated function squeezes it for models built with ``replicas=None``;
+    ``fn.batched`` is the undecorated function, for the library's own use."""
+    @functools.wraps(fn)
+    def public(vae, *args, **kwargs):
+        return vae.unbatch(fn(vae, *args, **kwargs))
+    public.batched = fn
+    return public
 
 
 class GaussianVAE(nn.Module):
@@ -62,22 +90,31 @@ class GaussianVAE(nn.Module):
     so ``gamma2`` alone sets the noise level and ``tau`` its shape across dimensions. ``beta``
     weights the latent site (a beta-VAE) in both model and guide.
 
+    Every model has a replica axis of size ``R`` (``replicas``, default one): ``R`` independent
+    models batched along a leading dim, in a ``"replicas"`` plate at dim -2 outside the
+    ``"data"`` plate at dim -1. ``replicas=None`` means one replica whose axis the public
+    estimators squeeze from their results (:meth:`unbatch`).
+
+    Device and dtype follow the module: ``vae.to(device, dtype)`` (or ``.double()``) moves the
+    parameters, buffers, the prior and a fixed ground-truth decoder together. At construction
+    they follow a trainable decoder's parameters (else PyTorch's defaults).
+
     Arguments:
         decoder: the mean ``f``, an ``nn.Module`` or any callable on ``(*, d)``.
         prior: the latent prior ``p0``, a distribution with event shape ``(d,)``.
-        gamma2: observation precision: a number, or a ``(R,)`` tensor with replicas.
+        gamma2: observation precision: a number, or a ``(R,)`` tensor (one per replica).
         learn_noise: learn per-dimension relative scales ``tau``.
         data_dim: the observation size ``D`` (needed with ``learn_noise``).
-        beta: weight on the latent site: a number, or a ``(R,)`` tensor with replicas.
+        beta: weight on the latent site: a number, or a ``(R,)`` tensor.
         fixed_decoder: keep the decoder's parameters out of training (a ground-truth mixing).
             Callables that are not modules are always fixed.
-        replicas: ``None``, or ``R`` independent models batched along a leading dim.
+        replicas: ``R``, or ``None`` for one replica squeezed on return.
         obs_event_dim: how many trailing dims of ``x`` form one observation (1 for vectors,
             3 for images).
     """
 
     def __init__(self, decoder: Callable[[torch.Tensor], torch.Tensor],
-                 prior: dist.Distribution, gamma2, *, learn_noise: bool = False,
+                 prior: dist.Distribution, gamma2=1.0, *, learn_noise: bool = False,
                  data_dim: int | None = None, beta=1.0, fixed_decoder: bool = False,
                  replicas: int | None = None, obs_event_dim: int = 1):
         super().__init__()
@@ -90,89 +127,141 @@ class GaussianVAE(nn.Module):
         if len(prior.event_shape) != 1:
             raise ValueError(f"prior: expected event shape (d,), got {tuple(prior.event_shape)}; "
                              "use .to_event(1) on a batch of univariate distributions")
-        if replicas is not None:
-            check_int("replicas", replicas)
         check_int("obs_event_dim", obs_event_dim)
-        self.replicas = replicas
-        self.prior = prior
+        R = replica_count(replicas)
+        self.replicas, self.squeeze = R, replicas is None
         self.latent_dim = int(prior.event_shape[0])
         self.obs_event_dim = obs_event_dim
         trainable = isinstance(decoder, nn.Module) and not fixed_decoder
+        ref = next(iter(decoder.parameters()), None) if isinstance(decoder, nn.Module) else None
+        like = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+        self.register_buffer("gamma2", _per_replica("gamma2", gamma2, R, like))
+        self.register_buffer("beta", _per_replica("beta", beta, R, like))
+        self._unit_beta = bool((self.beta == 1).all())
+        self.decoder_trainable = trainable
+        self._prior_source, self._decoder_source = prior, decoder
         if trainable:
             self.decoder = decoder
         else:  # keep a fixed decoder out of this module's parameters
             object.__setattr__(self, "decoder", decoder)
-        self.decoder_trainable = trainable
-        self.register_buffer("gamma2", _per_replica("gamma2", gamma2, replicas, 1 + obs_event_dim))
-        self.register_buffer("beta", _per_replica("beta", beta, replicas, 1))
+        self._follow_buffers()
         self.learn_noise = learn_noise
         if learn_noise:
             if data_dim is None or obs_event_dim != 1:
                 raise ValueError("data_dim: learn_noise needs vector data and its size data_dim")
             check_int("data_dim", data_dim)
-            shape = (data_dim,) if replicas is None else (replicas, 1, data_dim)
-            self.log_tau = nn.Parameter(torch.zeros(shape))
+            self.log_tau = nn.Parameter(torch.zeros((R, 1, data_dim), **like))
         self.data_dim = data_dim
         self.pyro_name = unique_name("vae")
 
+    # -- device and dtype ------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.gamma2.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.gamma2.dtype
+
+    def _follow_buffers(self) -> None:
+        """Rebuild the prior (and a fixed non-module decoder) on the buffers' device and dtype,
+        from the objects given at construction (so float64 given stays exact through float32
+        and back)."""
+        fn = to_like(self.gamma2)
+        self.prior = map_tensors(self._prior_source, fn)
+        if isinstance(self.decoder, nn.Module):
+            if not self.decoder_trainable:
+                self.decoder._apply(fn)
+        else:
+            object.__setattr__(self, "decoder", map_tensors(self._decoder_source, fn))
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._follow_buffers()
+        return self
+
     # -- observation noise ------------------------------------------------------------------
     def tau(self) -> torch.Tensor | None:
-        """Relative noise scales with unit geometric mean, ``(D,)`` or ``(R, 1, D)``."""
+        """Relative noise scales with unit geometric mean, ``(R, 1, D)`` (``None`` if fixed)."""
         if not self.learn_noise:
             return None
         return torch.exp(self.log_tau - self.log_tau.mean(-1, keepdim=True))
 
     def obs_scale(self) -> torch.Tensor:
-        """The observation noise std ``tau / gamma``, broadcastable against ``f(z)``."""
-        scale = self.gamma2.rsqrt()
-        if self.learn_noise:
-            scale = scale * self.tau()
-        return scale
+        """The observation noise std ``tau / gamma``, ``(R, 1, *event ones)`` or ``(R, 1, D)``."""
+        scale = self.gamma2.rsqrt().reshape((self.replicas, 1) + (1,) * self.obs_event_dim)
+        return scale * self.tau() if self.learn_noise else scale
 
     def likelihood(self, z: torch.Tensor) -> dist.Distribution:
         """``p(x | z)`` as a distribution whose event is one observation."""
         return dist.Normal(self.decoder(z), self.obs_scale()).to_event(self.obs_event_dim)
 
-    # -- Pyro -------------------------------------------------------------------------------
+    # -- data -------------------------------------------------------------------------------
+    def as_replica_batch(self, x) -> torch.Tensor:
+        """``x`` as ``(R, N, *event)`` on the model's device and dtype.
+
+        Accepts one dataset for every replica ``(N, *event)`` (expanded, not copied) or one per
+        replica ``(R, N, *event)``; anything else is refused naming ``x``.
+        """
+        try:
+            x = as_tensor_on(x, self.device, self.dtype)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"x: expected a tensor or array, got {type(x).__name__}") from None
+        if not x.is_floating_point():
+            x = x.to(self.dtype)
+        if x.dim() == self.obs_event_dim + 1:
+            x = x.expand((self.replicas,) + x.shape)
+        self.batch_size_of(x)
+        return x
+
     def batch_size_of(self, x: torch.Tensor) -> int:
-        """The number of data points in ``x`` (its plate dim)."""
-        expected = self.obs_event_dim + (1 if self.replicas is None else 2)
-        if x.dim() != expected:
-            shape = "(B, ...)" if self.replicas is None else f"({self.replicas}, B, ...)"
-            raise ValueError(f"x: expected {expected} dims {shape} with {self.obs_event_dim} "
-                             f"event dim(s), got shape {tuple(x.shape)}")
-        if self.replicas is not None and x.shape[0] != self.replicas:
-            raise ValueError(f"x: expected leading replica dim {self.replicas}, "
-                             f"got shape {tuple(x.shape)}")
-        return x.shape[-1 - self.obs_event_dim]
+        """The number of data points in a replica batch ``x`` ``(R, B, *event)``."""
+        expected = self.obs_event_dim + 2
+        if x.dim() != expected or x.shape[0] != self.replicas:
+            raise ValueError(f"x: expected ({self.replicas}, B, ...) or (B, ...) with "
+                             f"{self.obs_event_dim} event dim(s), got shape {tuple(x.shape)}")
+        return x.shape[1]
 
     def check_data(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` unless the decoder maps this prior's latents to ``x``'s shape."""
-        rep = () if self.replicas is None else (self.replicas,)
-        z = torch.zeros(rep + (1, self.latent_dim))
+        z = torch.zeros((self.replicas, 1, self.latent_dim), device=self.device,
+                        dtype=self.dtype)
         try:
             with torch.no_grad():
                 out = self.decoder(z)
         except (RuntimeError, ValueError, IndexError) as e:
             raise ValueError(f"decoder: cannot map latents of the prior's size d = "
-                             f"{self.latent_dim} ({e})") from None
+                             f"{self.latent_dim} ({str(e).splitlines()[0][:120]})") from None
         want = tuple(x.shape[x.dim() - self.obs_event_dim:])
         got = tuple(out.shape[out.dim() - self.obs_event_dim:])
         if want != got:
             raise ValueError(f"decoder: outputs observations of shape {got}, but the data "
                              f"has shape {want} per point")
 
+    def unbatch(self, result):
+        """Squeeze the replica axis (dim 0) of every tensor in ``result`` (a tensor, a dict, a
+        tuple or list, or a dataclass of them) for a model built with ``replicas=None``."""
+        if not self.squeeze:
+            return result
+        return _map_results(result, lambda t: t.squeeze(0) if t.dim() else t)
+
+    # -- Pyro -------------------------------------------------------------------------------
     def latent_scale(self):
         """The ``poutine.scale`` context for the latent site (beta), shared with guides."""
-        if self.beta.dim() == 0 and float(self.beta) == 1.0:
+        if self._unit_beta:
             return contextlib.nullcontext()
-        return poutine.scale(scale=self.beta)
+        return poutine.scale(scale=self.beta.unsqueeze(-1))
+
+    def plates(self, x: torch.Tensor, full_size: int | None = None):
+        """:func:`data_plates` for a replica batch ``x``."""
+        return data_plates(self.batch_size_of(x), self.replicas, full_size, self.device)
 
     def model(self, x: torch.Tensor, eps: torch.Tensor | None = None,
               full_size: int | None = None) -> torch.Tensor:
-        """The Pyro model. ``x``: ``(B, D)`` or ``(R, B, D)``; ``eps`` is for the guide only."""
+        """The Pyro model. ``x``: ``(B, ...)`` or ``(R, B, ...)``; ``eps`` is for the guide."""
         pyro.module(self.pyro_name, self)
-        with data_plates(self.batch_size_of(x), self.replicas, full_size):
+        x = self.as_replica_batch(x)
+        with self.plates(x, full_size):
             with self.latent_scale():
                 z = pyro.sample("z", self.prior)
             pyro.sample("x", self.likelihood(z), obs=x)

@@ -1,0 +1,123 @@
+"""The linear Gaussian VAE in closed form: the oracle for every gap and likelihood check.
+
+``x = W z + b + e``, ``z ~ N(0, I_d)``, ``e ~ N(0, gamma^-2 I_D)`` (THEORY.md; paper appendix
+10.1). Everything here is exact at any ``gamma``, computed in float64 from ``W`` directly, and
+written independently of the guide families' own maths (which it serves to test).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._utils import as_tensor_on, check_positive, generator
+from .models.guides import AmortizedGaussianGuide, DiagonalGuide, FullCovGuide, IsotropicGuide
+
+__all__ = ["LinearGaussian"]
+
+
+class LinearGaussian:
+    """Creates the linear Gaussian VAE ``x = W z + b + e`` with its closed forms.
+
+    ``log p(x) = log N(x; b, W W^T + gamma^-2 I)``; posterior precision
+    ``P = I + gamma^2 W^T W`` and mean ``P^-1 gamma^2 W^T (x - b)``; with
+    ``M = W^T W + gamma^-2 I`` (so ``P = gamma^2 M``) the optimal gaps are
+    ``1/2 (log det diag(M) - log det M)`` (diagonal guide, paper eq. 52-54),
+    ``1/2 (d log(tr M / d) - log det M)`` (isotropic) and 0 (full covariance).
+
+    Arguments:
+        W: ``(D, d)`` with ``D >= d`` and full column rank.
+        gamma2: the observation precision ``gamma^2``.
+        b: the offset ``(D,)`` (default zero).
+
+    Example:
+        >>> lg = LinearGaussian.random(3, gamma2=1e3, seed=0)
+        >>> float(lg.gap(FullCovGuide))
+        0.0
+    """
+
+    def __init__(self, W: torch.Tensor, gamma2: float, b: torch.Tensor | None = None):
+        W = as_tensor_on(W, "cpu", torch.float64)
+        if W.dim() != 2 or W.shape[0] < W.shape[1]:
+            raise ValueError(f"W: expected a (D, d) matrix with D >= d, got {tuple(W.shape)}")
+        check_positive("gamma2", gamma2)
+        self.W, self.gamma2 = W, float(gamma2)
+        self.D, self.d = W.shape
+        self.b = torch.zeros(self.D, dtype=torch.float64, device="cpu") if b is None else \
+            torch.as_tensor(b, dtype=torch.float64, device="cpu")
+        eye = torch.eye(self.d, dtype=torch.float64, device="cpu")
+        self.M = W.T @ W + eye / self.gamma2
+        self.P = self.gamma2 * self.M
+
+    @classmethod
+    def random(cls, d: int, gamma2: float, seed: int = 0, singular_values=None,
+               data_dim: int | None = None) -> LinearGaussian:
+        """A random ``W`` ``(D, d)`` with standard normal entries, or ``U diag(s) V^T`` with the
+        given singular values ``s`` and random singular vectors (a chosen conditioning)."""
+        g = generator(seed)
+        D = data_dim or d
+        W = torch.randn(D, d, generator=g, dtype=torch.float64, device="cpu")
+        if singular_values is not None:
+            u, _, vt = torch.linalg.svd(W, full_matrices=False)
+            s = as_tensor_on(singular_values, "cpu", torch.float64)
+            W = u @ torch.diag(s) @ vt
+        return cls(W, gamma2)
+
+    # -- the marginal and the posterior -------------------------------------------------------
+    @property
+    def cov_x(self) -> torch.Tensor:
+        """``W W^T + gamma^-2 I``, the covariance of ``x``."""
+        eye = torch.eye(self.D, dtype=torch.float64, device="cpu")
+        return self.W @ self.W.T + eye / self.gamma2
+
+    def log_px(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x)`` per point, float64, shape ``x.shape[:-1]``."""
+        px = torch.distributions.MultivariateNormal(self.b, self.cov_x)
+        return px.log_prob(as_tensor_on(x, "cpu", torch.float64).detach())
+
+    def posterior_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """``P^-1 gamma^2 W^T (x - b)`` per point, float64."""
+        x = as_tensor_on(x, "cpu", torch.float64).detach()
+        rhs = self.gamma2 * (x - self.b) @ self.W  # (*, d)
+        return torch.linalg.solve(self.P, rhs.unsqueeze(-1)).squeeze(-1)
+
+    def sample(self, n: int, seed: int = 1) -> torch.Tensor:
+        """``n`` observations ``(n, D)``, float64, from ``z`` and noise of a private generator."""
+        g = generator(seed)
+        z = torch.randn(n, self.d, generator=g, dtype=torch.float64, device="cpu")
+        e = torch.randn(n, self.D, generator=g, dtype=torch.float64, device="cpu")
+        e = e / math.sqrt(self.gamma2)
+        return z @ self.W.T + self.b + e
+
+    # -- the guide families' optima -------------------------------------------------------------
+    def optimal_covariance(self, family: type[AmortizedGaussianGuide]) -> torch.Tensor:
+        """The optimal guide covariance of ``family``: ``gamma^-2 diag(M)^-1`` (diagonal, the
+        paper's ``D*``), ``d / (gamma^2 tr M) I`` (isotropic), ``P^-1`` (full)."""
+        eye = torch.eye(self.d, dtype=torch.float64, device="cpu")
+        forms = {DiagonalGuide: lambda: torch.diag(1.0 / self.M.diagonal()) / self.gamma2,
+                 IsotropicGuide: lambda: eye * self.d / (self.gamma2 * self.M.trace()),
+                 FullCovGuide: lambda: torch.linalg.inv(self.P)}
+        return forms[family]()
+
+    def gap(self, family: type[AmortizedGaussianGuide]) -> torch.Tensor:
+        """``log p(x) - ELBO`` at the optimum of ``family`` (the same for every ``x``)."""
+        logdet = torch.logdet(self.M)
+        forms = {DiagonalGuide: lambda: 0.5 * (self.M.diagonal().log().sum() - logdet),
+                 IsotropicGuide: lambda: 0.5 * (self.d * torch.log(self.M.trace() / self.d)
+                                                - logdet),
+                 FullCovGuide: lambda: torch.zeros((), dtype=torch.float64, device="cpu")}
+        return forms[family]()
+
+    # -- as a library model ---------------------------------------------------------------------
+    def mixing(self):
+        """The decoder ``z -> W z + b`` as a :class:`~pyro_ima.mixings.Linear` (square W)."""
+        from .mixings import Linear
+        return Linear(self.W, shift=self.b)
+
+    def vae(self, **kwargs):
+        """A :class:`~pyro_ima.models.GaussianVAE` with this decoder fixed, a standard normal
+        prior and precision ``gamma2`` (keyword arguments go to the model)."""
+        from .models import GaussianVAE
+        from .priors import gaussian
+        return GaussianVAE(self.mixing(), gaussian(self.d), self.gamma2, **kwargs)
