@@ -115,9 +115,29 @@ class LinearGaussian:
         from .mixings import Linear
         return Linear(self.W, shift=self.b)
 
+    def decoder(self):
+        """The decoder ``z -> W z + b``: the :meth:`mixing` for a square ``W``, else a module
+        with ``W`` and ``b`` as buffers (in PyTorch's default dtype)."""
+        if self.D == self.d:
+            return self.mixing()
+        return _Affine(self.W.to(torch.get_default_dtype()), self.b.to(torch.get_default_dtype()))
+
     def vae(self, **kwargs):
         """A :class:`~pyro_ima.models.GaussianVAE` with this decoder fixed, a standard normal
         prior and precision ``gamma2`` (keyword arguments go to the model)."""
         from .models import GaussianVAE
         from .priors import gaussian
-        return GaussianVAE(self.mixing(), gaussian(self.d), self.gamma2, **kwargs)
+        return GaussianVAE(self.decoder(), gaussian(self.d), self.gamma2, fixed_decoder=True,
+                           **kwargs)
+
+
+class _Affine(torch.nn.Module):
+    """``z -> W z + b`` with fixed ``W`` ``(D, d)`` and ``b`` ``(D,)``."""
+
+    def __init__(self, W: torch.Tensor, b: torch.Tensor):
+        super().__init__()
+        self.register_buffer("W", W.to(torch.get_default_device()))
+        self.register_buffer("b", b.to(torch.get_default_device()))
+
+    def forward(self, z):
+        return z @ self.W.T + self.b

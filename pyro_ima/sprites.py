@@ -17,10 +17,10 @@ from .data import Dataset, Split
 from .fileio import atomic_write_bytes
 
 __all__ = ["FACTORS", "default_beta_params", "sample_factors", "render", "sprites_dataset",
-           "SpritesConfig"]
+           "SpritesConfig", "coverage", "binary_sprites"]
 
 FACTORS = ("x", "y", "scale", "hue")
-_PARAM_STREAM, _FACTOR_STREAM, _SPLIT_STREAM = 21, 22, 23
+_PARAM_STREAM, _FACTOR_STREAM, _SPLIT_STREAM, _BINARY_STREAM = 21, 22, 23, 24
 
 
 def default_beta_params(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,14 +62,21 @@ def render(factors: np.ndarray, size: int = 64, supersample: int = 4,
     return out
 
 
-def _render_chunk(f: np.ndarray, size: int, supersample: int) -> np.ndarray:
+def coverage(factors: np.ndarray, size: int = 64, supersample: int = 4) -> np.ndarray:
+    """The square's anti-aliased coverage of every pixel, ``(n, size, size)`` in ``[0, 1]``
+    (row 0 at the top); only the x, y and scale factors matter."""
+    f = np.asarray(factors, dtype=np.float64)
     cx, cy = 0.2 + 0.55 * f[:, 0], 0.2 + 0.55 * f[:, 1]
     half = (0.11 + 0.09 * f[:, 2]) / 2
     cov_x = _coverage(cx - half, cx + half, size, supersample)  # (n, W)
-    cov_y = _coverage(cy - half, cy + half, size, supersample)  # (n, H): row 0 at the top
+    cov_y = _coverage(cy - half, cy + half, size, supersample)  # (n, H)
+    return cov_y[:, ::-1, None] * cov_x[:, None, :]  # y grows upwards
+
+
+def _render_chunk(f: np.ndarray, size: int, supersample: int) -> np.ndarray:
     rgb = hsv_to_rgb(np.stack([f[:, 3], np.ones(len(f)), np.ones(len(f))], -1)).astype(
         np.float32)  # (n, 3)
-    alpha = cov_y[:, ::-1, None] * cov_x[:, None, :]  # (n, H, W); y grows upwards
+    alpha = coverage(f, size, supersample)  # (n, H, W)
     img = (rgb * 255)[:, :, None, None] * alpha[:, None]  # (n, 3, H, W)
     return np.rint(img, out=img).astype(np.uint8)
 
@@ -125,3 +132,28 @@ def sprites_dataset(cfg: SpritesConfig = SpritesConfig(), cache_dir=None) -> Dat
     splits = [Split(torch.from_numpy(images[p]).float().div_(255),
                     torch.from_numpy(factors[p]).float()) for p in parts]
     return Dataset(*splits, config={"sprites": cfg.__dict__, "cache": str(path)})
+
+
+def binary_sprites(n: int = 10_000, size: int = 28, seed: int = 0,
+                   split: tuple = (0.7, 0.2, 0.1)) -> Dataset:
+    """A small binarized Sprites set, made here (nothing is downloaded): ``x`` ``(N, size^2)``
+    in ``{0, 1}`` (flattened ``size x size`` images, MNIST-like at the default 28), ``z``
+    ``(N, 3)`` the factors x, y, scale in ``(0, 1)``.
+
+    Each pixel is 1 with probability equal to the square's anti-aliased coverage
+    (:func:`coverage`), drawn under ``seed`` as binarized MNIST is; factors are Beta-distributed
+    with the generator's parameters for ``seed`` (:func:`default_beta_params`).
+    """
+    check_int("n", n, minimum=3)
+    check_int("size", size, minimum=4)
+    a, b = default_beta_params(seed)
+    factors = sample_factors(n, a, b, seed)[:, :3]
+    probs = coverage(np.concatenate([factors, np.zeros((n, 1))], 1), size).reshape(n, -1)
+    rng = np.random.default_rng(derive_seed(seed, _BINARY_STREAM))
+    x = (rng.random(probs.shape) < probs).astype(np.float32)
+    perm = np.random.default_rng(derive_seed(seed, _SPLIT_STREAM)).permutation(n)
+    n_train, n_val = int(round(split[0] * n)), int(round(split[1] * n))
+    parts = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
+    splits = [Split(torch.from_numpy(x[p]), torch.from_numpy(factors[p]).float())
+              for p in parts]
+    return Dataset(*splits, config={"binary_sprites": {"n": n, "size": size, "seed": seed}})

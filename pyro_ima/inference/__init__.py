@@ -21,6 +21,7 @@ from .likelihood import (
     psis_khat,
 )
 from .optim import Adam, JointOptim
+from .traces import PlateStructure, per_point_log_weights, plate_structure
 from .train import FitConfig, FitResult, fit, trainable_parameters
 
 __all__ = ["fit", "FitConfig", "FitResult", "trainable_parameters", "Adam", "JointOptim",
@@ -28,4 +29,5 @@ __all__ = ["fit", "FitConfig", "FitResult", "trainable_parameters", "Adam", "Joi
            "standard_noise", "exact_log_px", "importance_log_px", "ISResult", "psis_khat",
            "khat_summary", "KHAT_THRESHOLD", "LaplaceProposal", "laplace_precision",
            "refine_elbo", "gap_report", "self_consistency", "decoder_inverse", "evaluate",
-           "EvalConfig", "evaluate_replicas", "tidy_rows", "summary_line", "METRIC_GROUPS"]
+           "EvalConfig", "evaluate_replicas", "tidy_rows", "summary_line", "METRIC_GROUPS",
+           "per_point_log_weights", "plate_structure", "PlateStructure"]

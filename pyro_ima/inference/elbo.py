@@ -1,18 +1,18 @@
-"""Per-datapoint ELBOs and importance log-weights computed from Pyro traces."""
+"""Per-datapoint ELBOs: for any Pyro model and guide, and for the library's own VAEs."""
 
 from __future__ import annotations
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.infer import Trace_ELBO
 
-from .._utils import check_finite_tensor, check_int, generator
+from .._utils import check_finite_tensor, check_int, derive_seed, generator, seeded_rng
 from ..models.guides import AmortizedGaussianGuide
-from ..models.vae import GaussianVAE, squeezes_replicas
+from ..models.vae import VAE, squeezes_replicas
+from .traces import per_point_log_weights, plate_structure
 
 __all__ = ["log_weights", "elbo_per_point", "as_replica_batch", "standard_noise",
-           "ReplicaTraceELBO"]
+           "ReplicaTraceELBO", "data_chunks", "tensor_device"]
 
 
 class ReplicaTraceELBO(Trace_ELBO):
@@ -51,64 +51,102 @@ class ReplicaTraceELBO(Trace_ELBO):
         return loss
 
 
-def as_replica_batch(vae: GaussianVAE, x, name: str = "x") -> torch.Tensor:
+def tensor_device(args, kwargs) -> torch.device:
+    """The device of the first tensor among ``args`` and ``kwargs`` (the CPU if none)."""
+    for a in (*args, *kwargs.values()):
+        if torch.is_tensor(a):
+            return a.device
+    return torch.device("cpu")
+
+
+def data_chunks(args: tuple, kwargs: dict, n: int, chunk_size: int | None, data_dim: int):
+    """``(args, kwargs)`` for consecutive chunks of at most ``chunk_size`` points: every tensor
+    argument whose dim ``data_dim`` has the batch's ``n`` points is sliced along it."""
+    if chunk_size is None or chunk_size >= n:
+        yield args, kwargs
+        return
+
+    def cut(t, start):
+        if torch.is_tensor(t) and t.dim() > data_dim and t.shape[data_dim] == n:
+            return t.narrow(data_dim, start, min(chunk_size, n - start))
+        return t
+
+    for start in range(0, n, chunk_size):
+        yield (tuple(cut(a, start) for a in args),
+               {k: cut(v, start) for k, v in kwargs.items()})
+
+
+def _generic_log_weights(model, guide, args, kwargs, *, num_particles: int, seed: int,
+                         chunk_size: int | None, data_dim: int, data_plate: str,
+                         replica_plate: str, sample_chunk: int | None = None) -> torch.Tensor:
+    """``(S, [R,] N)`` log-weights of a plain Pyro pair, chunked over points and particles."""
+    device = tensor_device(args, kwargs)
+    with seeded_rng(seed, device):
+        plates = plate_structure(model, guide, *args, data_plate=data_plate,
+                                 replica_plate=replica_plate, **kwargs)
+    if chunk_size is not None and plates.size != plates.full_size:
+        raise ValueError("chunk_size: the model subsamples its data plate itself; evaluate its "
+                         "subsample as one batch (chunk_size=None)")
+    sample_chunk = sample_chunk or num_particles
+    out = []
+    with torch.no_grad():
+        for i, (a, k) in enumerate(data_chunks(args, kwargs, plates.size, chunk_size, data_dim)):
+            parts = []
+            for j, s0 in enumerate(range(0, num_particles, sample_chunk)):
+                with seeded_rng(derive_seed(seed, i, j), device):
+                    parts.append(per_point_log_weights(
+                        model, guide, *a, num_particles=min(sample_chunk, num_particles - s0),
+                        max_plate_nesting=plates.max_plate_nesting, data_plate=data_plate,
+                        replica_plate=replica_plate, **k))
+            out.append(torch.cat(parts, 0))
+    return torch.cat(out, -1)
+
+
+# -- the library's own VAEs -----------------------------------------------------------------
+
+def as_replica_batch(vae: VAE, x, name: str = "x") -> torch.Tensor:
     """``x`` shaped for ``vae`` (``(R, N, ...)``, its device and dtype), refusing NaN/inf."""
     x = vae.as_replica_batch(x)
     check_finite_tensor(name, x)
     return x
 
 
-def standard_noise(vae: GaussianVAE, num_particles: int, n: int, seed: int) -> torch.Tensor:
+def standard_noise(vae: VAE, num_particles: int, n: int, seed: int) -> torch.Tensor:
     """Standard normal draws ``(S, R, N, d)`` on the model's device from a private generator."""
     g = generator(seed, vae.device)
     return torch.randn((num_particles, vae.replicas, n, vae.latent_dim), generator=g,
                        device=vae.device, dtype=vae.dtype)
 
 
-def log_weights(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor,
-                eps: torch.Tensor, *, beta_weighted: bool = False) -> torch.Tensor:
+def log_weights(vae: VAE, guide: AmortizedGaussianGuide, x: torch.Tensor, eps: torch.Tensor,
+                *, beta_weighted: bool = False) -> torch.Tensor:
     """``log p(x, z_s) - log q(z_s | x)`` for ``z_s = T(mu + A eps_s)``, shape ``(S, R, B)``.
 
-    Read from Pyro traces of ``guide.guide`` and the model replayed on it, with the *unscaled*
-    log-densities (no minibatch scale; ``beta_weighted=True`` keeps the beta weight on ``z``,
-    giving the beta-VAE objective instead of the ELBO). ``x`` is ``(R, B, ...)`` (see
-    :func:`as_replica_batch`) and ``eps`` ``(S, R, B, d)``.
+    :func:`~pyro_ima.inference.traces.per_point_log_weights` on ``vae.model`` and
+    ``guide.guide`` with the given standard normal draws ``eps`` ``(S, R, B, d)``; unscaled
+    log-densities (``beta_weighted=True`` keeps the beta weight on ``z``: the beta-VAE
+    objective). ``x`` is ``(R, B, ...)`` (see :func:`as_replica_batch`). ``guide`` may be any
+    object with a ``guide(x, eps=...)`` Pyro method, such as a Laplace proposal.
     """
-    key = "log_prob" if beta_weighted else "unscaled_log_prob"
-    with pyro.get_param_store().scope(), pyro.plate("particles", eps.shape[0], dim=-3):
-        guide_tr = poutine.trace(guide.guide).get_trace(x, eps=eps)
-        model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
-    total = 0.0
-    for tr, sign in ((model_tr, 1.0), (guide_tr, -1.0)):
-        tr.compute_log_prob()
-        for site in tr.nodes.values():
-            if site["type"] == "sample":
-                total = total + sign * site[key]
-    return total
+    with pyro.get_param_store().scope():
+        return per_point_log_weights(vae.model, guide.guide, x, eps=eps,
+                                     num_particles=eps.shape[0], max_plate_nesting=2,
+                                     scaled=beta_weighted)
 
 
 @squeezes_replicas
-def elbo_per_point(vae: GaussianVAE, guide: AmortizedGaussianGuide, x, *,
-                   num_particles: int = 1, seed: int = 0, eps: torch.Tensor | None = None,
-                   beta_weighted: bool = False, chunk_size: int = 4096,
-                   grad: bool = False) -> torch.Tensor:
-    """The Monte-Carlo ELBO of every data point, ``(R, N)`` (``(N,)`` for ``replicas=None``).
-
-    ``ELBO(x) ~ 1/S sum_s [log p(x, z_s) - log q(z_s | x)]``, ``z_s ~ q(z | x)``.
-
-    Arguments:
-        x: ``(N, ...)`` (shared by every replica) or ``(R, N, ...)``.
-        num_particles: ``S``.
-        seed: seeds the draws (ignored when ``eps`` is given).
-        eps: standard normal draws ``(S, R, N, d)`` to use instead.
-        beta_weighted: the beta-VAE objective instead of the ELBO.
-        chunk_size: points per chunk (bounds memory).
-        grad: keep the autograd graph (default: evaluate under ``torch.no_grad``).
-    """
+def vae_elbo_per_point(vae: VAE, guide: AmortizedGaussianGuide, x, *, num_particles: int = 1,
+                       seed: int = 0, eps: torch.Tensor | None = None,
+                       beta_weighted: bool = False, chunk_size: int | None = 4096,
+                       grad: bool = False) -> torch.Tensor:
+    """:func:`elbo_per_point` for the library's VAEs: ``(R, N)`` (``(N,)`` for
+    ``replicas=None``), with standard normal draws from a private generator (or ``eps``
+    ``(S, R, N, d)``) so chunking cannot change them."""
     check_int("num_particles", num_particles)
-    check_int("chunk_size", chunk_size)
     x = as_replica_batch(vae, x)
     n = x.shape[1]
+    chunk_size = chunk_size or n
+    check_int("chunk_size", chunk_size)
     if eps is None:
         eps = standard_noise(vae, num_particles, n, seed)
     out = []
@@ -118,3 +156,47 @@ def elbo_per_point(vae: GaussianVAE, guide: AmortizedGaussianGuide, x, *,
             es = eps.narrow(-2, start, xs.shape[1])
             out.append(log_weights(vae, guide, xs, es, beta_weighted=beta_weighted).mean(0))
     return torch.cat(out, dim=-1)
+
+
+def elbo_per_point(model, guide, *args, num_particles: int = 1, seed: int = 0,
+                   chunk_size: int | None = None, data_dim: int = 0, data_plate: str = "data",
+                   replica_plate: str = "replicas", **kwargs) -> torch.Tensor:
+    """The Monte-Carlo ELBO of every data point: ``(N,)``, or ``(R, N)`` with replicas.
+
+    ``ELBO(x_n) ~ 1/S sum_s [log p(x_n, z_s) - log q(z_s | x_n)]``, ``z_s ~ q(z | x_n)``, read
+    per point from Pyro traces with unscaled log-densities (see
+    :func:`~pyro_ima.inference.traces.per_point_log_weights`).
+
+    Two ways to call it:
+
+    - ``elbo_per_point(model_fn, guide_fn, *args, **kwargs)`` for any Pyro model and guide whose
+      local latents sit in a ``"data"`` plate; ``args``/``kwargs`` go to both. Draws come from
+      PyTorch's RNG seeded with ``seed`` (forked: the caller's state is untouched; chunk ``i``
+      uses a seed derived from ``seed`` and ``i``). ``chunk_size`` slices every tensor
+      argument whose dim ``data_dim`` holds the batch's points.
+    - ``elbo_per_point(vae, guide, x)`` for a :class:`~pyro_ima.models.VAE` and one of its
+      guides: draws from a private generator on the model's device (or ``eps``
+      ``(S, R, N, d)``), ``beta_weighted`` for the beta-VAE objective, ``grad`` to keep the
+      graph; results ``(N,)`` for ``replicas=None``, else ``(R, N)``.
+    """
+    check_int("num_particles", num_particles)
+    if isinstance(model, VAE):
+        if len(args) != 1:
+            raise TypeError("x: elbo_per_point(vae, guide, x) takes the data as its one "
+                            "positional argument")
+        if chunk_size is not None:
+            kwargs["chunk_size"] = chunk_size
+        return vae_elbo_per_point(model, guide, args[0], num_particles=num_particles,
+                                  seed=seed, **kwargs)
+    _check_callables(model, guide)
+    return _generic_log_weights(model, guide, args, kwargs, num_particles=num_particles,
+                                seed=seed, chunk_size=chunk_size, data_dim=data_dim,
+                                data_plate=data_plate, replica_plate=replica_plate).mean(0)
+
+
+def _check_callables(model, guide) -> None:
+    if not callable(model):
+        raise TypeError(f"model: expected a Pyro model (a callable) or a VAE, got "
+                        f"{type(model).__name__}")
+    if not callable(guide):
+        raise TypeError(f"guide: expected a Pyro guide (a callable), got {type(guide).__name__}")

@@ -11,9 +11,9 @@ import torch
 from .. import metrics as _metrics
 from .._utils import as_tensor_on, check_int, map_tensors, to_like
 from ..models.guides import AmortizedGaussianGuide
-from ..models.vae import GaussianVAE
-from .elbo import as_replica_batch, elbo_per_point
-from .likelihood import KHAT_THRESHOLD, exact_log_px, importance_log_px, khat_summary
+from ..models.vae import VAE, GaussianVAE
+from .elbo import as_replica_batch, vae_elbo_per_point
+from .likelihood import KHAT_THRESHOLD, exact_log_px, khat_summary, vae_importance_log_px
 
 __all__ = ["EvalConfig", "evaluate", "tidy_rows", "evaluate_replicas", "summary_line",
            "METRIC_GROUPS"]
@@ -30,14 +30,15 @@ class EvalConfig:
             ones; ``None``: all). MCC and contrasts always use every point.
         elbo_particles: particles of the per-point ELBO.
         is_samples: importance samples per point.
-        proposal: the IS proposal, ``"laplace"`` or ``"guide"`` (see ``importance_log_px``).
+        proposal: the IS proposal, ``"laplace"`` or ``"guide"`` (see ``importance_log_px``);
+            ``"auto"``: the Laplace proposal for Gaussian VAEs, the guide (IWAE) otherwise.
         jacobian_chunk: points per Jacobian chunk (bounds memory for image decoders).
     """
 
     points: int | None = 500
     elbo_particles: int = 100
     is_samples: int = 500
-    proposal: str = "laplace"
+    proposal: str = "auto"
     jacobian_chunk: int = 256
 
     def __post_init__(self):
@@ -46,11 +47,12 @@ class EvalConfig:
         check_int("elbo_particles", self.elbo_particles)
         check_int("is_samples", self.is_samples)
         check_int("jacobian_chunk", self.jacobian_chunk)
-        if self.proposal not in ("laplace", "guide"):
-            raise ValueError(f"proposal: expected 'laplace' or 'guide', got {self.proposal!r}")
+        if self.proposal not in ("auto", "laplace", "guide"):
+            raise ValueError(f"proposal: expected 'auto', 'laplace' or 'guide', got "
+                             f"{self.proposal!r}")
 
 
-def evaluate(vae: GaussianVAE, guide: AmortizedGaussianGuide, x, z_true=None, *,
+def evaluate(vae: VAE, guide: AmortizedGaussianGuide, x, z_true=None, *,
              mixing=None, config: EvalConfig = EvalConfig(), seed: int = 0,
              metrics: Sequence[str] = METRIC_GROUPS) -> dict[str, torch.Tensor]:
     """Headline metrics of every replica, each a float64 tensor ``(R,)`` (means over points).
@@ -99,11 +101,13 @@ def evaluate(vae: GaussianVAE, guide: AmortizedGaussianGuide, x, z_true=None, *,
             out["c_row"] = _metrics.row_contrast(J).mean(-1)
     if "likelihood" in metrics:
         xs = xr[:, : config.points]
-        elbo = elbo_per_point.batched(vae, guide, xs, num_particles=config.elbo_particles,
+        elbo = vae_elbo_per_point.batched(vae, guide, xs, num_particles=config.elbo_particles,
                                       seed=seed).double()
-        is_res = importance_log_px.batched(vae, guide, xs, num_samples=config.is_samples,
-                                           proposal=config.proposal, seed=seed + 1,
-                                           khat_warn=1.0)
+        proposal = config.proposal if config.proposal != "auto" else (
+            "laplace" if isinstance(vae, GaussianVAE) else "guide")
+        is_res = vae_importance_log_px.batched(vae, guide, xs, num_samples=config.is_samples,
+                                               proposal=proposal, seed=seed + 1,
+                                               khat_warn=1.0)
         k = khat_summary(is_res.khat, KHAT_THRESHOLD)
         out.update(elbo=elbo.mean(-1), log_px_is=is_res.log_px.mean(-1),
                    gap=(is_res.log_px - elbo).mean(-1), ess_median=is_res.ess.median(-1).values,
@@ -142,13 +146,13 @@ def tidy_rows(values: dict[str, torch.Tensor], labels: dict[str, Sequence] | Non
     return rows
 
 
-def replica_labels(vae: GaussianVAE, seeds: Sequence[int] | None = None) -> dict[str, list]:
+def replica_labels(vae: VAE, seeds: Sequence[int] | None = None) -> dict[str, list]:
     """The default labels of a model's replicas: ``seed``, ``gamma2``, ``beta``."""
     seeds = list(range(vae.replicas)) if seeds is None else [int(s) for s in seeds]
     return {"seed": seeds, "gamma2": vae.gamma2.tolist(), "beta": vae.beta.tolist()}
 
 
-def evaluate_replicas(vae: GaussianVAE, guide: AmortizedGaussianGuide, x, z_true=None, *,
+def evaluate_replicas(vae: VAE, guide: AmortizedGaussianGuide, x, z_true=None, *,
                       seeds=None, mixing=None, config: EvalConfig = EvalConfig(),
                       seed: int = 0) -> list[dict]:
     """:func:`evaluate` as tidy rows ``{replica, seed, gamma2, beta, metric, value}``."""

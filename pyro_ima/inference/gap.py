@@ -11,8 +11,13 @@ from .._utils import check_int, generator
 from ..metrics import conformal_contrast, ima_contrast, jacobian, row_contrast
 from ..models.guides import AmortizedGaussianGuide
 from ..models.vae import GaussianVAE, squeezes_replicas
-from .elbo import as_replica_batch, elbo_per_point, log_weights, standard_noise
-from .likelihood import exact_log_px, importance_log_px, laplace_precision
+from .elbo import as_replica_batch, log_weights, standard_noise, vae_elbo_per_point
+from .likelihood import (
+    exact_log_px,
+    laplace_precision,
+    require_gaussian,
+    vae_importance_log_px,
+)
 
 __all__ = ["refine_elbo", "gap_report", "self_consistency", "decoder_inverse"]
 
@@ -63,6 +68,7 @@ def refine_elbo(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor
     that is what is returned); with ``return_guides`` the refined per-chunk guides come back
     too, as ``(elbo_star, [(start, guide), ...])``.
     """
+    require_gaussian(vae)
     if init not in ("laplace", "encoder"):
         raise ValueError(f"init: expected 'laplace' or 'encoder', got {init!r}")
     check_int("steps", steps, minimum=0)
@@ -172,11 +178,12 @@ def gap_report(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor,
     ``log_px_minus_c_ima`` and ``predicted_variances`` ``(R, N, d)`` (eq. 12 for the diagonal
     family). ``log_px`` is the IS estimate.
     """
+    require_gaussian(vae)
     x = as_replica_batch(vae, x)
-    elbo = elbo_per_point.batched(vae, guide, x, num_particles=elbo_particles, seed=seed)
+    elbo = vae_elbo_per_point.batched(vae, guide, x, num_particles=elbo_particles, seed=seed)
     elbo_star = refine_elbo.batched(vae, guide, x, steps=refine_steps, seed=seed + 1,
                                     eval_particles=elbo_particles)
-    is_res = importance_log_px.batched(vae, guide, x, num_samples=num_samples,
+    is_res = vae_importance_log_px.batched(vae, guide, x, num_samples=num_samples,
                                        proposal="laplace", seed=seed + 2)
     with torch.no_grad():
         if mixing is not None:

@@ -14,11 +14,12 @@ from torch import nn
 from .._utils import as_tensor_on, check_int, check_positive, generator
 from ..metrics import jacobian
 from ..models.guides import AmortizedGaussianGuide, gaussian_posterior
-from ..models.vae import GaussianVAE, squeezes_replicas
-from .elbo import as_replica_batch, log_weights
+from ..models.vae import VAE, GaussianVAE, squeezes_replicas
+from .elbo import _check_callables, _generic_log_weights, as_replica_batch, log_weights
 
 __all__ = ["exact_log_px", "importance_log_px", "ISResult", "psis_khat", "LaplaceProposal",
-           "laplace_precision", "khat_summary", "KHAT_THRESHOLD"]
+           "laplace_precision", "khat_summary", "KHAT_THRESHOLD", "vae_importance_log_px",
+           "require_gaussian"]
 
 
 _MIN_PSIS_SAMPLES = 5
@@ -110,6 +111,7 @@ def laplace_precision(vae: GaussianVAE, guide: AmortizedGaussianGuide,
     coordinates (``p0(T(u)) |det dT/du|``), so the same formula serves bounded priors. The
     residual term ``(x - f) Hess f`` is dropped (it vanishes at ``u = g(x)``).
     """
+    require_gaussian(vae)
     T = guide.bijection
     u = as_tensor_on(u, vae.device, vae.dtype)
     u = u.expand((vae.replicas,) + u.shape) if u.dim() == 2 else u
@@ -186,36 +188,51 @@ class ISResult:
                 "khat_frac_above": float(k["khat_frac_above"])}
 
 
+def _is_estimates(lw: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The per-point IS quantities from log-weights ``(K, ..., B)`` (float64)."""
+    lw = lw.double()
+    lse = torch.logsumexp(lw, 0)
+    khat = torch.from_numpy(psis_khat(torch.movedim(lw, 0, -1))).to(lw.device)
+    return {"log_px": lse - math.log(lw.shape[0]), "elbo": lw.mean(0),
+            "ess": torch.exp(2 * lse - torch.logsumexp(2 * lw, 0)), "khat": khat}
+
+
+def _warn_khat(res: ISResult, khat_warn: float) -> None:
+    frac = float(khat_summary(res.khat.reshape(-1))["khat_frac_above"])
+    if frac > khat_warn:
+        warnings.warn(f"importance_log_px: {frac:.0%} of points have PSIS k-hat > "
+                      f"{KHAT_THRESHOLD}; their log p(x) estimates are not to be trusted (try "
+                      f"proposal='laplace', widen > 1 or more samples)", RuntimeWarning,
+                      stacklevel=3)
+
+
+def require_gaussian(vae) -> None:
+    """The Gaussian-VAE layer (Laplace proposal, ELBO*, gap predictions) needs a decoder mean,
+    a prior and an observation scale: refuse other models, naming ``vae``."""
+    if not isinstance(vae, GaussianVAE):
+        raise TypeError(f"vae: this needs a GaussianVAE (a decoder mean, a prior and an "
+                        f"observation scale), got {type(vae).__name__}")
+
+
 @squeezes_replicas
-def importance_log_px(vae: GaussianVAE, guide: AmortizedGaussianGuide, x, *,
-                      num_samples: int = 1000, proposal: str = "guide", widen: float = 1.0,
-                      seed: int = 0, chunk_points: int = 100, chunk_samples: int = 250,
-                      khat_warn: float = 0.1) -> ISResult:
-    """Importance-sampled ``log p(x)`` for every point, from Pyro traces.
-
-    ``log p_K(x) = logsumexp_k [log p(x, z_k) - log r(z_k | x)] - log K`` with the unscaled
-    log-densities, one estimate per point (never pooled across the batch, so it is the same
-    for any chunking). Proposals ``r``: ``"guide"`` (the guide ``q`` widened by ``widen``; with
-    ``widen = 1`` this is the IWAE bound) or ``"laplace"``: ``N(mu(x), widen^2 P^-1)`` with the
-    full Laplace precision ``P`` at the guide's mean (:func:`laplace_precision`), the better
-    proposal in the near-deterministic regime where a diagonal ``q`` is too narrow along
-    correlated directions.
-
-    Chunks of ``chunk_points`` points by ``chunk_samples`` samples bound memory (K = 1000 on
-    10,000 points, d = 3: about 300 MB above the process's baseline at the defaults). Warns
-    when more than ``khat_warn`` of the points have k-hat > 0.7 (estimates not to be trusted).
-    Results are ``(R, N)`` (``(N,)`` for a model built with ``replicas=None``), float64.
-    """
+def vae_importance_log_px(vae: VAE, guide: AmortizedGaussianGuide, x, *,
+                          num_samples: int = 1000, proposal: str = "guide", widen: float = 1.0,
+                          seed: int = 0, chunk_points: int = 100, chunk_samples: int = 250,
+                          khat_warn: float = 0.1) -> ISResult:
+    """:func:`importance_log_px` for the library's VAEs: results ``(R, N)`` (``(N,)`` for
+    ``replicas=None``), float64."""
     check_int("num_samples", num_samples)
     check_int("chunk_points", chunk_points)
     check_int("chunk_samples", chunk_samples)
     check_positive("widen", widen)
     if proposal not in ("guide", "laplace"):
         raise ValueError(f"proposal: expected 'guide' or 'laplace', got {proposal!r}")
+    if proposal == "laplace":
+        require_gaussian(vae)
     x = as_replica_batch(vae, x)
     n = x.shape[1]
     g = generator(seed, vae.device)
-    out = {"log_px": [], "elbo": [], "ess": [], "khat": []}
+    parts = []
     for start in range(0, n, chunk_points):
         xs = x.narrow(1, start, min(chunk_points, n - start))
         b = xs.shape[1]
@@ -234,19 +251,62 @@ def importance_log_px(vae: GaussianVAE, guide: AmortizedGaussianGuide, x, *,
                 eps = torch.randn((k, vae.replicas, b, vae.latent_dim), generator=g,
                                   device=vae.device, dtype=vae.dtype)
                 lw.append(log_weights(vae, r, xs, eps).double())
-            lw = torch.cat(lw, 0)  # (K, R, b)
-        log_px = torch.logsumexp(lw, 0) - math.log(num_samples)
-        ess = torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0))
-        out["log_px"].append(log_px)
-        out["elbo"].append(lw.mean(0))
-        out["ess"].append(ess)
-        out["khat"].append(torch.from_numpy(psis_khat(torch.movedim(lw, 0, -1))).to(lw.device))
-    res = ISResult(*(torch.cat(out[k], -1) for k in ("log_px", "elbo", "ess", "khat")),
+            parts.append(_is_estimates(torch.cat(lw, 0)))  # from (K, R, b)
+    res = ISResult(*(torch.cat([p[k] for p in parts], -1) for k in ("log_px", "elbo", "ess",
+                                                                     "khat")),
                    num_samples=num_samples)
-    frac = float(khat_summary(res.khat.reshape(-1))["khat_frac_above"])
-    if frac > khat_warn:
-        warnings.warn(f"importance_log_px: {frac:.0%} of points have PSIS k-hat > "
-                      f"{KHAT_THRESHOLD}; their log p(x) estimates are not to be trusted (try "
-                      f"proposal='laplace', widen > 1 or more samples)", RuntimeWarning,
-                      stacklevel=2)
+    _warn_khat(res, khat_warn)
+    return res
+
+
+def importance_log_px(model, guide, *args, num_samples: int = 1000, seed: int = 0,
+                      khat_warn: float = 0.1, **kwargs) -> ISResult:
+    """Importance-sampled ``log p(x)`` for every data point, from Pyro traces.
+
+    ``log p_K(x) = logsumexp_k [log p(x, z_k) - log r(z_k | x)] - log K`` with the unscaled
+    log-densities, one estimate per point (never pooled across the batch, so it is the same
+    for any chunking or subsampling), with the ELBO of the same draws, the effective sample
+    size and the PSIS Pareto k-hat of each point's weights (k-hat > 0.7: not to be trusted; a
+    warning when more than ``khat_warn`` of the points are). With the guide as proposal this is
+    the IWAE bound: below ``log p(x)`` in expectation, rising to it with ``K``.
+
+    Two ways to call it:
+
+    - ``importance_log_px(model_fn, guide_fn, *args, num_samples=K, ...)`` for any Pyro model
+      whose local latents sit in a ``"data"`` plate, with any Pyro guide as the proposal (the
+      trained guide, a widened one, ...); ``args``/``kwargs`` go to both. Further keywords:
+      ``chunk_size`` (points per chunk, slicing tensor arguments along ``data_dim``),
+      ``sample_chunk`` (particles per pass, default 250), ``data_plate``, ``replica_plate``.
+      Draws come from PyTorch's RNG seeded with ``seed`` (forked).
+    - ``importance_log_px(vae, guide, x, proposal="guide" | "laplace", widen=1.0, ...)`` for a
+      library VAE: ``"laplace"`` (Gaussian VAEs) is ``N(mu(x), widen^2 P^-1)`` with the full
+      Laplace precision ``P`` at the guide's mean (:func:`laplace_precision`), the better
+      proposal in the near-deterministic regime where a diagonal ``q`` is too narrow along
+      correlated directions; chunks of ``chunk_points`` points by ``chunk_samples`` samples
+      bound memory (K = 1000 on 10,000 points, d = 3: about 300 MB above the process's
+      baseline). Results are ``(R, N)`` (``(N,)`` for ``replicas=None``).
+    """
+    if isinstance(model, VAE):
+        if len(args) != 1:
+            raise TypeError("x: importance_log_px(vae, guide, x) takes the data as its one "
+                            "positional argument")
+        return vae_importance_log_px(model, guide, args[0], num_samples=num_samples,
+                                     seed=seed, khat_warn=khat_warn, **kwargs)
+    check_int("num_samples", num_samples)
+    _check_callables(model, guide)
+    if "proposal" in kwargs or "widen" in kwargs:
+        raise TypeError("proposal: with a plain Pyro model the proposal is the guide you pass; "
+                        "proposal= and widen= are for the library's VAEs")
+    opts = {k: kwargs.pop(k) for k in ("chunk_size", "data_dim", "data_plate", "replica_plate",
+                                        "sample_chunk") if k in kwargs}
+    opts.setdefault("sample_chunk", 250)
+    check_int("sample_chunk", opts["sample_chunk"])
+    lw = _generic_log_weights(model, guide, args, kwargs, num_particles=num_samples,
+                              seed=seed, chunk_size=opts.get("chunk_size"),
+                              data_dim=opts.get("data_dim", 0),
+                              data_plate=opts.get("data_plate", "data"),
+                              replica_plate=opts.get("replica_plate", "replicas"),
+                              sample_chunk=opts["sample_chunk"])
+    res = ISResult(**_is_estimates(lw), num_samples=num_samples)
+    _warn_khat(res, khat_warn)
     return res

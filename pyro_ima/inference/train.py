@@ -17,8 +17,8 @@ from pyro.infer import SVI
 
 from .._utils import check_int, check_positive, derive_seed, generator, replica_seeds
 from ..models.guides import AmortizedGaussianGuide
-from ..models.vae import GaussianVAE
-from .elbo import ReplicaTraceELBO, as_replica_batch, elbo_per_point
+from ..models.vae import VAE
+from .elbo import ReplicaTraceELBO, as_replica_batch, vae_elbo_per_point
 from .optim import Adam
 
 __all__ = ["fit", "FitConfig", "FitResult", "trainable_parameters"]
@@ -95,7 +95,7 @@ class FitResult:
         return out
 
 
-def trainable_parameters(vae: GaussianVAE,
+def trainable_parameters(vae: VAE,
                          guide: AmortizedGaussianGuide) -> dict[str, torch.Tensor]:
     """The parameters SVI trains, keyed ``model.*`` / ``guide.*``."""
     params = {f"model.{k}": p for k, p in vae.named_parameters()}
@@ -208,8 +208,8 @@ class _Replicas:
 
 def _check_pair(vae, guide) -> dict[str, torch.Tensor]:
     """Refuse a model/guide pair that cannot train together; return the trainable params."""
-    if not isinstance(vae, GaussianVAE):
-        raise TypeError(f"vae: expected a GaussianVAE, got {type(vae).__name__}")
+    if not isinstance(vae, VAE):
+        raise TypeError(f"vae: expected a VAE, got {type(vae).__name__}")
     if not isinstance(guide, AmortizedGaussianGuide) or guide.model is not vae:
         raise ValueError("guide: expected a guide built for this vae (DiagonalGuide(vae, ...))")
     params = trainable_parameters(vae, guide)
@@ -241,7 +241,7 @@ def _end_epoch(optim) -> None:
         optim.step()
 
 
-def fit(vae: GaussianVAE, guide: AmortizedGaussianGuide, train, val=None, *,
+def fit(vae: VAE, guide: AmortizedGaussianGuide, train, val=None, *,
         config: FitConfig | None = None, seed: int | Sequence[int] = 0,
         loss: pyro.infer.ELBO | None = None, optim: pyro.optim.PyroOptim | None = None,
         callbacks: Sequence[Callable[[int, dict], None]] = (), **overrides) -> FitResult:
@@ -329,7 +329,7 @@ def fit(vae: GaussianVAE, guide: AmortizedGaussianGuide, train, val=None, *,
             record = {"epoch": epoch, "train_elbo": -total / idx.shape[1] / n / R,
                       "active": int(book.active.sum())}
             if x_val is not None and bool(book.active.any()):
-                v = elbo_per_point.batched(vae, guide, x_val, eps=val_eps,
+                v = vae_elbo_per_point.batched(vae, guide, x_val, eps=val_eps,
                                            beta_weighted=True).mean(-1)
                 book.validate(v, epoch, idx.shape[1])
                 record["val_elbo"] = [x if math.isfinite(x) else None for x in v.tolist()]

@@ -16,8 +16,9 @@ from .networks import (
                      SmoothLeakyReLU,
                      smooth_leaky_relu,
 )
-from .vae import GaussianVAE, data_plates
+from .vae import VAE, BernoulliVAE, GaussianVAE, data_plates
 
-__all__ = ["GaussianVAE", "data_plates", "AmortizedGaussianGuide", "DiagonalGuide",
+__all__ = ["VAE", "GaussianVAE", "BernoulliVAE", "data_plates",
+           "AmortizedGaussianGuide", "DiagonalGuide",
            "IsotropicGuide", "FullCovGuide", "GUIDES", "support_bijection", "MLP",
            "BatchedLinear", "SmoothLeakyReLU", "smooth_leaky_relu", "ConvEncoder", "ConvDecoder"]

@@ -12,7 +12,7 @@ from torch.distributions import biject_to, constraints
 from torch.distributions.transforms import AffineTransform, Transform
 
 from .._utils import as_tensor_on
-from .vae import GaussianVAE, unique_name
+from .vae import VAE, unique_name
 
 __all__ = ["AmortizedGaussianGuide", "DiagonalGuide", "IsotropicGuide", "FullCovGuide",
            "GUIDES", "support_bijection", "TrilAffineTransform", "softplus_inverse"]
@@ -126,9 +126,12 @@ class AmortizedGaussianGuide(nn.Module):
     ``(R, N, ...)``.
 
     Arguments:
-        model: the :class:`GaussianVAE` this guide serves (prior support, beta, replicas).
+        model: the :class:`VAE` this guide serves (prior support, beta, replicas).
         encoder: a network mapping ``x`` to ``d + num_scale_params(d)`` numbers: the mean
-            ``mu(x)`` first, then the family's raw scale parameters.
+            ``mu(x)`` first, then the family's raw scale parameters, which pass through
+            ``softplus`` (not ``exp``). An encoder in Pyro's own convention may instead return
+            a pair ``(loc, scale)`` with positive scales ``(*, d)`` (diagonal), ``(*, 1)``
+            (isotropic) or a lower-triangular ``scale_tril`` ``(*, d, d)`` (full).
         init_scale: shifts the raw scale parameters so that a raw output of 0 gives this
             standard deviation (default ``None``: ``softplus(0) = 0.69``). In the
             near-deterministic regime ``1 / sqrt(gamma2)`` saves many early epochs. It may be
@@ -137,10 +140,11 @@ class AmortizedGaussianGuide(nn.Module):
 
     family = "base"
 
-    def __init__(self, model: GaussianVAE, encoder: nn.Module, *, init_scale=None):
+    def __init__(self, model: VAE, encoder: nn.Module, *, init_scale=None):
         super().__init__()
-        if not isinstance(model, GaussianVAE):
-            raise TypeError(f"model: expected a GaussianVAE, got {type(model).__name__}")
+        if not isinstance(model, VAE):
+            raise TypeError(f"model: expected a pyro_ima VAE (GaussianVAE, BernoulliVAE), "
+                            f"got {type(model).__name__}")
         object.__setattr__(self, "model", model)  # not a submodule: its params are the model's
         self.encoder = encoder
         self.latent_dim = model.latent_dim
@@ -240,10 +244,40 @@ class AmortizedGaussianGuide(nn.Module):
         the model's device and dtype)."""
         x = as_tensor_on(x, self.model.device, self.model.dtype)
         h = self.encoder(x)
-        loc, raw = h[..., : self.latent_dim], h[..., self.latent_dim:]
+        if isinstance(h, (tuple, list)):  # Pyro's convention: (loc, positive scale)
+            loc, raw = self._from_pair(h)
+        else:
+            loc, raw = h[..., : self.latent_dim], h[..., self.latent_dim:]
         if self._loc_override is not None:
             loc = self._loc_override(x)
         return loc, raw
+
+    def _from_pair(self, h) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, raw)`` from an encoder that returned ``(loc, scale)``, checked."""
+        if len(h) != 2:
+            raise ValueError(f"encoder: returned {len(h)} tensors; expected one tensor or a pair "
+                             f"(loc, scale)")
+        loc, scale = h
+        d, shape = self.latent_dim, self.scale_shape(self.latent_dim)
+        if loc.shape[-1] != d or tuple(scale.shape[scale.dim() - len(shape):]) != shape:
+            raise ValueError(f"encoder: returned (loc, scale) of shapes {tuple(loc.shape)}, "
+                             f"{tuple(scale.shape)}; a {type(self).__name__} with d={d} needs "
+                             f"(..., {d}) and (..., {', '.join(map(str, shape))})")
+        diag = scale.diagonal(dim1=-2, dim2=-1) if len(shape) == 2 else scale
+        if not bool((diag > 0).all()):
+            raise ValueError("encoder: returned a scale that is not positive; (loc, scale) "
+                             "pairs take standard deviations (exp of a log-scale), not logs")
+        return loc, self.raw_from_scale_tril(self.tril_from_scale(scale))
+
+    @classmethod
+    def scale_shape(cls, d: int) -> tuple[int, ...]:
+        """The trailing shape of this family's ``scale`` in a ``(loc, scale)`` pair."""
+        raise NotImplementedError
+
+    @classmethod
+    def tril_from_scale(cls, scale: torch.Tensor) -> torch.Tensor:
+        """The Cholesky factor of this family's ``scale`` (a pair's second element)."""
+        return torch.diag_embed(scale)
 
     def loc(self, x: torch.Tensor) -> torch.Tensor:
         """The Gaussian mean ``mu(x)`` in unconstrained coordinates, ``(*, d)``."""
@@ -320,6 +354,10 @@ class DiagonalGuide(AmortizedGaussianGuide):
         return d
 
     @classmethod
+    def scale_shape(cls, d):
+        return (d,)
+
+    @classmethod
     def tril_from_raw(cls, raw, shift, d):
         return torch.diag_embed(torch.nn.functional.softplus(raw + shift))
 
@@ -346,6 +384,10 @@ class IsotropicGuide(AmortizedGaussianGuide):
     @classmethod
     def num_scale_params(cls, d):
         return 1
+
+    @classmethod
+    def scale_shape(cls, d):
+        return (1,)
 
     @classmethod
     def tril_from_raw(cls, raw, shift, d):
@@ -376,6 +418,14 @@ class FullCovGuide(AmortizedGaussianGuide):
     @classmethod
     def num_scale_params(cls, d):
         return d * (d + 1) // 2
+
+    @classmethod
+    def scale_shape(cls, d):
+        return (d, d)
+
+    @classmethod
+    def tril_from_scale(cls, scale):
+        return scale.tril()
 
     @classmethod
     def tril_from_raw(cls, raw, shift, d):

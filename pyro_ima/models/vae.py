@@ -16,7 +16,8 @@ from torch import nn
 
 from .._utils import as_tensor_on, check_int, check_positive, map_tensors, replica_count, to_like
 
-__all__ = ["GaussianVAE", "data_plates", "unique_name", "squeezes_replicas"]
+__all__ = ["VAE", "GaussianVAE", "BernoulliVAE", "data_plates", "unique_name",
+           "squeezes_replicas"]
 
 _names = itertools.count()
 
@@ -82,29 +83,23 @@ def squeezes_replicas(fn):
     return public
 
 
-class GaussianVAE(nn.Module):
-    """Creates the model ``z ~ p0``, ``x | z ~ N(f(z), gamma^-2 diag(tau^2))``.
-
-    With ``learn_noise=False``, ``tau = 1`` (isotropic noise of precision ``gamma2``). With
-    ``learn_noise=True``, ``tau = exp(s - mean(s))`` has learnable ``s`` and unit geometric mean,
-    so ``gamma2`` alone sets the noise level and ``tau`` its shape across dimensions. ``beta``
-    weights the latent site (a beta-VAE) in both model and guide.
+class VAE(nn.Module):
+    """The model ``z ~ p0``, ``x | z ~ p(x | f(z))``: what every observation family shares.
 
     Every model has a replica axis of size ``R`` (``replicas``, default one): ``R`` independent
     models batched along a leading dim, in a ``"replicas"`` plate at dim -2 outside the
     ``"data"`` plate at dim -1. ``replicas=None`` means one replica whose axis the public
-    estimators squeeze from their results (:meth:`unbatch`).
+    estimators squeeze from their results (:meth:`unbatch`). ``beta`` weights the latent site
+    (a beta-VAE) in both model and guide. Subclasses give the observation model
+    (:meth:`likelihood`): :class:`GaussianVAE`, :class:`BernoulliVAE`.
 
     Device and dtype follow the module: ``vae.to(device, dtype)`` (or ``.double()``) moves the
     parameters, buffers, the prior and a fixed ground-truth decoder together. At construction
     they follow a trainable decoder's parameters (else PyTorch's defaults).
 
     Arguments:
-        decoder: the mean ``f``, an ``nn.Module`` or any callable on ``(*, d)``.
+        decoder: ``f``, an ``nn.Module`` or any callable on ``(*, d)``.
         prior: the latent prior ``p0``, a distribution with event shape ``(d,)``.
-        gamma2: observation precision: a number, or a ``(R,)`` tensor (one per replica).
-        learn_noise: learn per-dimension relative scales ``tau``.
-        data_dim: the observation size ``D`` (needed with ``learn_noise``).
         beta: weight on the latent site: a number, or a ``(R,)`` tensor.
         fixed_decoder: keep the decoder's parameters out of training (a ground-truth mixing).
             Callables that are not modules are always fixed.
@@ -114,8 +109,7 @@ class GaussianVAE(nn.Module):
     """
 
     def __init__(self, decoder: Callable[[torch.Tensor], torch.Tensor],
-                 prior: dist.Distribution, gamma2=1.0, *, learn_noise: bool = False,
-                 data_dim: int | None = None, beta=1.0, fixed_decoder: bool = False,
+                 prior: dist.Distribution, *, beta=1.0, fixed_decoder: bool = False,
                  replicas: int | None = None, obs_event_dim: int = 1):
         super().__init__()
         if not callable(decoder):
@@ -134,9 +128,8 @@ class GaussianVAE(nn.Module):
         self.obs_event_dim = obs_event_dim
         trainable = isinstance(decoder, nn.Module) and not fixed_decoder
         ref = next(iter(decoder.parameters()), None) if isinstance(decoder, nn.Module) else None
-        like = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-        self.register_buffer("gamma2", _per_replica("gamma2", gamma2, R, like))
-        self.register_buffer("beta", _per_replica("beta", beta, R, like))
+        self._like = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+        self.register_buffer("beta", _per_replica("beta", beta, R, self._like))
         self._unit_beta = bool((self.beta == 1).all())
         self.decoder_trainable = trainable
         self._prior_source, self._decoder_source = prior, decoder
@@ -145,29 +138,22 @@ class GaussianVAE(nn.Module):
         else:  # keep a fixed decoder out of this module's parameters
             object.__setattr__(self, "decoder", decoder)
         self._follow_buffers()
-        self.learn_noise = learn_noise
-        if learn_noise:
-            if data_dim is None or obs_event_dim != 1:
-                raise ValueError("data_dim: learn_noise needs vector data and its size data_dim")
-            check_int("data_dim", data_dim)
-            self.log_tau = nn.Parameter(torch.zeros((R, 1, data_dim), **like))
-        self.data_dim = data_dim
         self.pyro_name = unique_name("vae")
 
     # -- device and dtype ------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.gamma2.device
+        return self.beta.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.gamma2.dtype
+        return self.beta.dtype
 
     def _follow_buffers(self) -> None:
         """Rebuild the prior (and a fixed non-module decoder) on the buffers' device and dtype,
         from the objects given at construction (so float64 given stays exact through float32
         and back)."""
-        fn = to_like(self.gamma2)
+        fn = to_like(self.beta)
         self.prior = map_tensors(self._prior_source, fn)
         if isinstance(self.decoder, nn.Module):
             if not self.decoder_trainable:
@@ -180,21 +166,10 @@ class GaussianVAE(nn.Module):
         self._follow_buffers()
         return self
 
-    # -- observation noise ------------------------------------------------------------------
-    def tau(self) -> torch.Tensor | None:
-        """Relative noise scales with unit geometric mean, ``(R, 1, D)`` (``None`` if fixed)."""
-        if not self.learn_noise:
-            return None
-        return torch.exp(self.log_tau - self.log_tau.mean(-1, keepdim=True))
-
-    def obs_scale(self) -> torch.Tensor:
-        """The observation noise std ``tau / gamma``, ``(R, 1, *event ones)`` or ``(R, 1, D)``."""
-        scale = self.gamma2.rsqrt().reshape((self.replicas, 1) + (1,) * self.obs_event_dim)
-        return scale * self.tau() if self.learn_noise else scale
-
+    # -- the observation model ----------------------------------------------------------------
     def likelihood(self, z: torch.Tensor) -> dist.Distribution:
         """``p(x | z)`` as a distribution whose event is one observation."""
-        return dist.Normal(self.decoder(z), self.obs_scale()).to_event(self.obs_event_dim)
+        raise NotImplementedError
 
     # -- data -------------------------------------------------------------------------------
     def as_replica_batch(self, x) -> torch.Tensor:
@@ -269,3 +244,62 @@ class GaussianVAE(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
+
+
+class GaussianVAE(VAE):
+    """Creates the model ``z ~ p0``, ``x | z ~ N(f(z), gamma^-2 diag(tau^2))``.
+
+    With ``learn_noise=False``, ``tau = 1`` (isotropic noise of precision ``gamma2``). With
+    ``learn_noise=True``, ``tau = exp(s - mean(s))`` has learnable ``s`` and unit geometric mean,
+    so ``gamma2`` alone sets the noise level and ``tau`` its shape across dimensions. This is the
+    model the paper's theory is about: the Laplace proposal, ELBO* refinement and the gap
+    predictions (``inference.gap``) need its decoder mean and observation scale.
+
+    Arguments (beyond :class:`VAE`'s):
+        gamma2: observation precision: a number, or a ``(R,)`` tensor (one per replica).
+        learn_noise: learn per-dimension relative scales ``tau``.
+        data_dim: the observation size ``D`` (needed with ``learn_noise``).
+    """
+
+    def __init__(self, decoder: Callable[[torch.Tensor], torch.Tensor],
+                 prior: dist.Distribution, gamma2=1.0, *, learn_noise: bool = False,
+                 data_dim: int | None = None, beta=1.0, fixed_decoder: bool = False,
+                 replicas: int | None = None, obs_event_dim: int = 1):
+        super().__init__(decoder, prior, beta=beta, fixed_decoder=fixed_decoder,
+                         replicas=replicas, obs_event_dim=obs_event_dim)
+        self.register_buffer("gamma2", _per_replica("gamma2", gamma2, self.replicas,
+                                                    self._like))
+        self.learn_noise = learn_noise
+        if learn_noise:
+            if data_dim is None or obs_event_dim != 1:
+                raise ValueError("data_dim: learn_noise needs vector data and its size data_dim")
+            check_int("data_dim", data_dim)
+            self.log_tau = nn.Parameter(torch.zeros((self.replicas, 1, data_dim), **self._like))
+        self.data_dim = data_dim
+
+    def tau(self) -> torch.Tensor | None:
+        """Relative noise scales with unit geometric mean, ``(R, 1, D)`` (``None`` if fixed)."""
+        if not self.learn_noise:
+            return None
+        return torch.exp(self.log_tau - self.log_tau.mean(-1, keepdim=True))
+
+    def obs_scale(self) -> torch.Tensor:
+        """The observation noise std ``tau / gamma``, ``(R, 1, *event ones)`` or ``(R, 1, D)``."""
+        scale = self.gamma2.rsqrt().reshape((self.replicas, 1) + (1,) * self.obs_event_dim)
+        return scale * self.tau() if self.learn_noise else scale
+
+    def likelihood(self, z: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(self.decoder(z), self.obs_scale()).to_event(self.obs_event_dim)
+
+
+class BernoulliVAE(VAE):
+    """Creates the model ``z ~ p0``, ``x | z ~ Bernoulli(sigmoid(f(z)))`` per coordinate.
+
+    For binary data (binarized images, as in Pyro's VAE example): the decoder outputs logits.
+    Training and the trace-based estimators (per-point ELBO, IWAE ``log p(x)`` with PSIS k-hat)
+    work as for :class:`GaussianVAE`; the Gaussian-specific layer (Laplace proposal, ELBO*, gap
+    predictions) does not apply.
+    """
+
+    def likelihood(self, z: torch.Tensor) -> dist.Distribution:
+        return dist.Bernoulli(logits=self.decoder(z)).to_event(self.obs_event_dim)
