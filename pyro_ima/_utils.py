@@ -24,6 +24,7 @@ __all__ = [
     "map_tensors",
     "to_like",
     "device_of",
+    "dtype_of",
     "torch_defaults",
     "as_tensor_on",
     "parse_device",
@@ -158,11 +159,22 @@ def map_tensors(obj, fn: Callable[[torch.Tensor], torch.Tensor]):
     return obj
 
 
+def _tensors(obj) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    map_tensors(obj, lambda t: found.append(t) or t)
+    return found
+
+
 def device_of(obj, default: torch.device | str = "cpu") -> torch.device:
     """The device of the first tensor ``obj`` holds (a distribution, transform, ...)."""
-    found: list[torch.device] = []
-    map_tensors(obj, lambda t: found.append(t.device) or t)
-    return found[0] if found else torch.device(default)
+    found = _tensors(obj)
+    return found[0].device if found else torch.device(default)
+
+
+def dtype_of(obj) -> torch.dtype:
+    """The dtype of the first floating tensor ``obj`` holds (PyTorch's default if none)."""
+    found = [t.dtype for t in _tensors(obj) if t.is_floating_point()]
+    return found[0] if found else torch.get_default_dtype()
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

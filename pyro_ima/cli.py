@@ -194,8 +194,22 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings reach a command-line user as one line, without a source location."""
+    text = " ".join(str(message).split())
+    print(f"pyro-ima: warning: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, one line on stderr)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RuntimeWarning)  # numerical verdicts: always shown
+        warnings.showwarning = _one_line_warning
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "experiment":

@@ -7,7 +7,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._utils import check_int, derive_seed, device_of, generator, seeded_rng, short_reason
+from ._utils import (
+    check_int,
+    derive_seed,
+    device_of,
+    dtype_of,
+    generator,
+    map_tensors,
+    seeded_rng,
+    short_reason,
+)
 
 __all__ = ["Split", "Dataset", "make_dataset", "save_dataset", "load_dataset"]
 
@@ -57,13 +66,17 @@ def make_dataset(mixing: Callable[[torch.Tensor], torch.Tensor],
     if noise_std < 0:
         raise ValueError(f"noise_std: expected >= 0, got {noise_std}")
     device = device_of(prior)
+    # latents and noise are drawn in float32 whatever the prior's dtype, so a float64 run
+    # sees the same data as a float32 one (to float32 rounding of the draws)
     with seeded_rng(derive_seed(seed, _LATENT_STREAM), device):
-        z = prior.sample((n,))
+        z32 = map_tensors(prior, lambda t: t.float() if t.is_floating_point() else t)
+        z = z32.sample((n,)).to(dtype_of(prior))
     with torch.no_grad():
         x = mixing(z)
     if noise_std > 0:
         g = generator(derive_seed(seed, _NOISE_STREAM), x.device)
-        x = x + noise_std * torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+        eps = torch.randn(x.shape, generator=g, device=x.device, dtype=torch.float32)
+        x = x + noise_std * eps.to(x.dtype)
     perm = torch.randperm(n, generator=generator(derive_seed(seed, _SPLIT_STREAM)),
                           device="cpu").to(x.device)
     n_train, n_val = int(round(split[0] * n)), int(round(split[1] * n))

@@ -157,7 +157,8 @@ class Moebius(Mixing):
         self.weight = random_orthogonal(dim, g)
         width = high - low
         if pole is None:
-            pole = high + width * (0.25 + 0.25 * torch.rand(dim, generator=g, device="cpu"))
+            pole = high + width * (0.25 + 0.25 * torch.rand(dim, generator=g, device="cpu",
+                                                            dtype=torch.float32))
         self.pole = _default(torch.as_tensor(pole).double())
         if self.pole.shape != (dim,) or not bool(torch.isfinite(self.pole).all()):
             raise ValueError(f"pole: expected {dim} finite coordinates, got {pole}")
@@ -266,9 +267,11 @@ class SmoothLeakyMLP(Mixing):
 
 def _random_upper_triangular(dim, g, shear=1.0, low=0.5, high=1.5):
     """Upper-triangular with diagonal in ``+-[low, high]`` and N(0, shear^2) entries above it."""
-    u = shear * torch.triu(torch.randn(dim, dim, generator=g, device="cpu"), diagonal=1)
-    diag = low + (high - low) * torch.rand(dim, generator=g, device="cpu")
-    sign = torch.where(torch.rand(dim, generator=g, device="cpu") < 0.5, -1.0, 1.0)
+    # drawn in float32 whatever the default dtype, so a float64 build is the same mixing
+    draw = {"generator": g, "device": "cpu", "dtype": torch.float32}
+    u = shear * torch.triu(torch.randn(dim, dim, **draw), diagonal=1)
+    diag = low + (high - low) * torch.rand(dim, **draw)
+    sign = torch.where(torch.rand(dim, **draw) < 0.5, -1.0, 1.0)
     return _default(u + torch.diag(sign * diag))
 
 

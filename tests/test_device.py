@@ -31,7 +31,8 @@ def _pair(family, R=2, learn_noise=True, prior=None):
 
 
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="the meta-device check runs on a CPU model")
-@pytest.mark.filterwarnings("ignore:importance_log_px:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:importance_log_px:RuntimeWarning")  # 2 epochs: poor fits
+@pytest.mark.filterwarnings("ignore:evaluate:RuntimeWarning")
 @pytest.mark.parametrize("family", FAMILIES)
 def test_nothing_is_created_on_the_default_device(family):
     mix = mixings.Moebius(3, seed=0)
@@ -46,7 +47,8 @@ def test_nothing_is_created_on_the_default_device(family):
         for proposal in ("guide", "laplace"):
             inference.importance_log_px(vae, guide, x[:10], num_samples=20, proposal=proposal)
         values = inference.evaluate(vae, guide, x, z, config=small)
-        inference.gap_report(vae, guide, x[:5], num_samples=20, refine_steps=3)
+        inference.gap_report(vae, guide, x[:5], num_samples=20,
+                             refine=inference.RefineConfig(steps=3))
         inference.self_consistency(vae, guide, x[:5])
     assert res.epochs_run == 2 and values["mcc_pearson"].shape == (2,)
     assert all(v.device.type == "cpu" for v in values.values())
@@ -81,7 +83,8 @@ def test_float64_training_and_evaluation_run_in_float64():
     assert all(p.dtype == torch.float64 for p in inference.trainable_parameters(vae, guide)
                .values())
     assert bool(torch.isfinite(res.best_val_elbo).all())
-    rep = inference.gap_report(vae, guide, ds.test.x[:5], num_samples=20, refine_steps=3)
+    rep = inference.gap_report(vae, guide, ds.test.x[:5], num_samples=20,
+                               refine=inference.RefineConfig(steps=3))
     assert rep["elbo"].dtype == rep["elbo_star"].dtype == torch.float64
     assert rep["log_px_is"].dtype == torch.float64
 

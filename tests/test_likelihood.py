@@ -122,27 +122,32 @@ def test_predicted_gap_equals_closed_form_on_the_linear_vae(family):
     assert_close(var[0], lg.optimal_covariance(cls).diagonal(), rtol=1e-4)
 
 
-@pytest.mark.filterwarnings("ignore:importance_log_px:RuntimeWarning")
-@pytest.mark.parametrize("family,target", [("diagonal", "c_ima"), ("full", None)])
-def test_refined_gap_matches_theory_on_a_fixed_nonlinear_decoder(family, target):
+@pytest.mark.parametrize("family,target", [("diagonal", "c_ima"), ("isotropic", "c_conf"),
+                                           ("full", None)])
+def test_refined_gap_matches_theory_from_an_untrained_encoder(family, target):
+    # The paper's limit at gamma2 = 1e5 on a fixed nonlinear decoder, with an encoder that was
+    # never trained: the mode finder, the Laplace proposal and ELBO* start from the posterior
+    # mode, so the amortized encoder's error does not enter (issue target: within 2%).
     f = _nonlinear_decoder()
     p0 = priors.gaussian(2, scale=0.2)  # R^2 prior (the theory's case), away from the pole
-    vae = models.GaussianVAE(f, p0, gamma2=1e4)
+    vae = models.GaussianVAE(f, p0, gamma2=1e5)
     cls = models.GUIDES[family]
     guide = cls(vae, models.MLP(2, cls.num_outputs(2), seed=0), init_scale=1e-2)
-    guide.fix_loc(f.inv)  # start refinement at the true inverse
-    z = p0.sample((60,))
-    x = f(z) + torch.randn(60, 2) / 100.0
-    rep = inference.gap_report(vae, guide, x, mixing=f, num_samples=500, refine_steps=400,
-                               elbo_particles=256)
-    approx_gap = rep["approximation_gap"].mean()
-    c_ima = rep["c_ima"].mean()
-    assert c_ima > 0.3
-    if target == "c_ima":
-        assert abs(float(approx_gap / c_ima) - 1) < 0.05, (float(approx_gap), float(c_ima))
+    g = torch.Generator().manual_seed(0)
+    z = 0.2 * torch.randn(60, 2, generator=g)
+    x = f(z) + torch.randn(60, 2, generator=g) / math.sqrt(1e5)
+    rep = inference.gap_report(vae, guide, x, mixing=f, num_samples=500,
+                               refine=inference.RefineConfig(steps=100), elbo_particles=64)
+    assert bool(rep["mode_found"].all()) and bool(rep["reliable"].all())
+    approx_gap = float(rep["approximation_gap"].mean())
+    assert float(rep["c_ima"].mean()) > 0.3
+    if target is None:
+        assert abs(approx_gap) < 0.01
     else:
-        assert abs(float(approx_gap)) < 0.05
-    assert_close(rep["c_ima"], metrics.ima_contrast(metrics.jacobian(f, f.inv(x))), atol=1e-5)
+        limit = float(rep[target].mean())
+        assert abs(approx_gap / limit - 1) < 0.02, (approx_gap, limit)
+    # the contrasts are taken at the posterior mode, within the noise of the true latents
+    assert_close(rep["c_ima"], metrics.ima_contrast(metrics.jacobian(f, f.inv(x))), atol=0.01)
 
 
 def test_decoder_inverse_recovers_a_known_inverse_from_a_perturbed_start():

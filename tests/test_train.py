@@ -136,6 +136,7 @@ def test_minibatch_scaling_gives_an_unbiased_full_data_elbo():
     assert_close(-loss_mb, per_point.sum() * 4, rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:evaluate:RuntimeWarning")  # 2 epochs: some estimates flagged
 def test_replica_evaluation_matches_single_models():
     ds = _data(n=400)
     seeds = [3, 7]

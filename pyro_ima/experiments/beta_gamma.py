@@ -48,13 +48,12 @@ def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dic
     vae = models.GaussianVAE(mix, p0, ratio * beta, beta=beta, replicas=R)  # gamma2 = r beta
     guide = models.DiagonalGuide(vae, models.MLP(d, 4, (8,), replicas=R, seed=list(range(R))))
     guide.fix_loc(mix.inv)
-    _, refined = inference.refine_elbo(vae, guide, x, steps=cfg.refine_steps, seed=1,
-                                       beta_weighted=True, return_guides=True,
-                                       chunk_size=cfg.points)
+    _, refined = inference.refine_elbo(vae, guide, x, seed=1, beta_weighted=True,
+                                       return_guides=True,
+                                       config=inference.RefineConfig(steps=cfg.refine_steps))
     # Evaluate the refined guides under the plain VAE at the effective precision gamma2/beta.
     eff = models.GaussianVAE(mix, p0, torch.full((R,), ratio), replicas=R)
-    (_, local), = refined
-    q = models.DiagonalGuide(eff, local.encoder)
+    q = models.DiagonalGuide(eff, refined.encoder)
     elbo = inference.elbo_per_point(eff, q, x, num_particles=256, seed=2)
     q.fix_loc(mix.inv)  # the Laplace proposal centred at the posterior mode
     is_px = inference.importance_log_px(eff, q, x, num_samples=cfg.is_samples,

@@ -86,8 +86,8 @@ def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dic
     # ELBO* and the Laplace IS proposal are centred at the posterior mode, which for the known
     # decoder is the true inverse g(x) up to O(1/gamma^2): pin the mean there for both.
     guide.fix_loc(mix.inv)
-    elbo_star = inference.refine_elbo(vae, guide, x, steps=cfg.refine_steps, seed=2,
-                                      eval_particles=128).mean(-1)
+    elbo_star = inference.refine_elbo(vae, guide, x, seed=2, config=inference.RefineConfig(
+        steps=cfg.refine_steps)).mean(-1)
     log_px = inference.exact_log_px(mix, p0, x).mean().expand(R)
     is_px = inference.importance_log_px(vae, guide, x, num_samples=cfg.is_samples,
                                         proposal="laplace", seed=3, khat_warn=1.0).log_px.mean(-1)

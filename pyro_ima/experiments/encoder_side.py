@@ -106,7 +106,7 @@ def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dic
                 epochs=cfg.epochs)
     xe = x_val[:200]
     guide.fix_loc(lambda v: f.inv(v))  # ELBO* and the Laplace proposal at the posterior mode
-    elbo_star = inference.refine_elbo(vae, guide, xe, steps=150, seed=1).mean(-1)
+    elbo_star = inference.refine_elbo(vae, guide, xe, seed=1).mean(-1)
     log_px = inference.importance_log_px(vae, guide, xe, num_samples=50, proposal="laplace",
                                          seed=2, khat_warn=1.0).log_px.mean(-1)
     J = W.double()

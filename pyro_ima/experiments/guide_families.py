@@ -71,8 +71,8 @@ def _fixed(setting: dict, cfg: Config) -> list[dict]:
     guide = cls(vae, models.MLP(d, cls.num_outputs(d), (8,), replicas=R, seed=list(range(R))))
     guide.fix_loc(f.inv)
     x = data.make_dataset(f, p0, n=max(10, 10 * cfg.points), seed=0).train.x[: cfg.points]
-    elbo_star = inference.refine_elbo(vae, guide, x, steps=cfg.refine_steps, seed=1,
-                                      eval_particles=256)
+    elbo_star = inference.refine_elbo(vae, guide, x, seed=1,
+                                      config=inference.RefineConfig(steps=cfg.refine_steps))
     is_px = inference.importance_log_px(vae, guide, x, num_samples=cfg.is_samples,
                                         proposal="laplace", seed=2, khat_warn=1.0)
     with torch.no_grad():

@@ -9,7 +9,7 @@ from .evaluate import (
     summary_line,
     tidy_rows,
 )
-from .gap import decoder_inverse, gap_report, refine_elbo, self_consistency
+from .gap import RefineConfig, decoder_inverse, gap_report, refine_elbo, self_consistency
 from .likelihood import (
     KHAT_THRESHOLD,
     ISResult,
@@ -19,8 +19,11 @@ from .likelihood import (
     khat_summary,
     laplace_precision,
     psis_khat,
+    reliability,
+    std_error,
 )
 from .optim import Adam, JointOptim
+from .posterior import ModeConfig, PosteriorMode, log_joint, posterior_mode
 from .traces import PlateStructure, per_point_log_weights, plate_structure
 from .train import FitConfig, FitResult, fit, trainable_parameters
 
@@ -30,4 +33,6 @@ __all__ = ["fit", "FitConfig", "FitResult", "trainable_parameters", "Adam", "Joi
            "khat_summary", "KHAT_THRESHOLD", "LaplaceProposal", "laplace_precision",
            "refine_elbo", "gap_report", "self_consistency", "decoder_inverse", "evaluate",
            "EvalConfig", "evaluate_replicas", "tidy_rows", "summary_line", "METRIC_GROUPS",
-           "per_point_log_weights", "plate_structure", "PlateStructure"]
+           "per_point_log_weights", "plate_structure", "PlateStructure", "RefineConfig",
+           "ModeConfig", "PosteriorMode", "posterior_mode", "log_joint", "reliability",
+           "std_error"]

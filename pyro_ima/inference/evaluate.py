@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ __all__ = ["EvalConfig", "evaluate", "tidy_rows", "evaluate_replicas", "summary_
            "METRIC_GROUPS"]
 
 METRIC_GROUPS = ("mcc", "contrasts", "likelihood")
+FLAG_WARN = 0.1
+"""``evaluate`` warns when more than this share of points' log p(x) estimates are flagged."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,10 @@ def evaluate(vae: VAE, guide: AmortizedGaussianGuide, x, z_true=None, *,
       ``c_row`` where its Jacobian is square);
     - ``"likelihood"``: on the first ``config.points`` points, ``elbo``, the
       importance-sampled ``log_px_is`` with ``ess_median``, ``khat_median`` and
-      ``khat_frac_above`` (the share of points with k-hat > 0.7; see ``khat_summary``), the
-      ``gap = log_px_is - elbo``, and ``log_px_exact`` (change of variables) when ``mixing``
-      is the model's fixed decoder.
+      ``khat_frac_above`` (the share of points with k-hat > 0.7; see ``khat_summary``),
+      ``flagged_frac`` (the share of points whose estimate ``inference.reliability`` flags as
+      untrustworthy; a ``RuntimeWarning`` when above 10%), the ``gap = log_px_is - elbo``, and
+      ``log_px_exact`` (change of variables) when ``mixing`` is the model's fixed decoder.
 
     ``x`` and ``z_true`` may be shared ``(N, ...)`` or per replica ``(R, N, ...)``.
     """
@@ -109,9 +113,16 @@ def evaluate(vae: VAE, guide: AmortizedGaussianGuide, x, z_true=None, *,
                                                proposal=proposal, seed=seed + 1,
                                                khat_warn=1.0)
         k = khat_summary(is_res.khat, KHAT_THRESHOLD)
+        flagged = (~is_res.reliable).double().mean(-1)
         out.update(elbo=elbo.mean(-1), log_px_is=is_res.log_px.mean(-1),
                    gap=(is_res.log_px - elbo).mean(-1), ess_median=is_res.ess.median(-1).values,
-                   khat_median=k["khat_median"], khat_frac_above=k["khat_frac_above"])
+                   khat_median=k["khat_median"], khat_frac_above=k["khat_frac_above"],
+                   flagged_frac=flagged)
+        if bool((flagged > FLAG_WARN).any()):
+            warnings.warn(f"evaluate: {float(flagged.max()):.0%} of the points' importance-"
+                          f"sampled log p(x) are flagged unreliable (see inference.reliability); "
+                          f"log_px_is and gap are not to be trusted there (more is_samples help)",
+                          RuntimeWarning, stacklevel=2)
         if mixing is not None and not vae.decoder_trainable:
             mixing = map_tensors(mixing, to_like(vae.gamma2))
             out["log_px_exact"] = exact_log_px(mixing, vae.prior, xs).double().mean(-1)
@@ -175,7 +186,8 @@ def summary_line(m: dict) -> str:
     if "elbo" in m:
         parts.append(f"ELBO {m['elbo']:.3f}  IS log p {m['log_px_is']:.3f} (k-hat median "
                      f"{_fmt(m.get('khat_median'), '.2f')}, {m['khat_frac_above']:.0%} > "
-                     f"{KHAT_THRESHOLD})  gap {m['gap']:.3f}")
+                     f"{KHAT_THRESHOLD}; {m['flagged_frac']:.0%} flagged unreliable)  "
+                     f"gap {m['gap']:.3f}")
     if "log_px_exact" in m:
         parts.append(f"exact log p {m['log_px_exact']:.3f}")
     return "  ".join(parts)

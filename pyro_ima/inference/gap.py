@@ -3,110 +3,176 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .._utils import check_int, generator
+from .._utils import check_int, check_positive, generator
 from ..metrics import conformal_contrast, ima_contrast, jacobian, row_contrast
 from ..models.guides import AmortizedGaussianGuide
-from ..models.vae import GaussianVAE, squeezes_replicas
-from .elbo import as_replica_batch, log_weights, standard_noise, vae_elbo_per_point
+from ..models.vae import VAE, GaussianVAE, squeezes_replicas
+from .elbo import as_replica_batch, vae_elbo_per_point
 from .likelihood import (
     exact_log_px,
-    laplace_precision,
     require_gaussian,
+    std_error,
     vae_importance_log_px,
 )
+from .posterior import ModeConfig, log_joint, posterior_mode, value_grad_hessian
 
-__all__ = ["refine_elbo", "gap_report", "self_consistency", "decoder_inverse"]
+__all__ = ["refine_elbo", "RefineConfig", "gap_report", "self_consistency", "decoder_inverse"]
 
 
-class _PointTable(nn.Module):
-    """An 'encoder' holding free variational parameters for each point.
+_SOFTPLUS_INV_1 = math.log(math.e - 1.0)
 
-    Everything is stored whitened by the starting Gaussian ``N(mu0, L0 L0^T)``: the mean is
-    ``mu0 + L0 delta`` and the Cholesky factor ``L0 M`` with ``M`` lower-triangular of the
-    family's form (``M = I`` at the start), so one Adam learning rate suits every gamma.
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Settings of :func:`refine_elbo` (reachable from :func:`gap_report`).
+
+    Arguments:
+        steps: Adam steps per point (0: the start, the family's fit to the Laplace posterior at
+            the mode, which is the optimum for a linear decoder).
+        lr, lr_end: Adam's step size, decayed exponentially from ``lr`` to ``lr_end``.
+        particles: antithetic pairs of draws per step for the Monte Carlo part.
+        eval_particles: antithetic pairs for the final estimate.
+        mode: how the posterior mode is found (:class:`~pyro_ima.inference.posterior.ModeConfig`).
     """
 
-    _SOFTPLUS_INV_1 = math.log(math.e - 1.0)
+    steps: int = 200
+    lr: float = 0.05
+    lr_end: float = 1e-3
+    particles: int = 8
+    eval_particles: int = 512
+    mode: ModeConfig = ModeConfig()
 
-    def __init__(self, guide: AmortizedGaussianGuide, loc0: torch.Tensor,
-                 scale_tril0: torch.Tensor):
+    def __post_init__(self):
+        check_int("steps", self.steps, minimum=0)
+        check_positive("lr", self.lr)
+        check_positive("lr_end", self.lr_end)
+        check_int("particles", self.particles)
+        check_int("eval_particles", self.eval_particles)
+
+
+class _BoundTable(nn.Module):
+    """The 'encoder' of a refined guide: each point's own parameters, for those points only."""
+
+    def __init__(self, x: torch.Tensor, loc: torch.Tensor, raw: torch.Tensor):
         super().__init__()
-        object.__setattr__(self, "guide", guide)
-        self.loc0, self.scale_tril0 = loc0.detach(), scale_tril0.detach()
-        d = loc0.shape[-1]
-        k = guide.num_scale_params(d)
-        self.table = nn.Parameter(loc0.new_zeros(loc0.shape[:-1] + (d + k,)))
+        self.register_buffer("x", x.detach())
+        self.register_buffer("table", torch.cat([loc, raw], -1).detach())
 
     def forward(self, x):
-        d = self.loc0.shape[-1]
-        delta, raw = self.table[..., :d], self.table[..., d:]
-        loc = self.loc0 + (self.scale_tril0 @ delta.unsqueeze(-1)).squeeze(-1)
-        M = self.guide.tril_from_raw(raw, self._SOFTPLUS_INV_1, d)
-        return torch.cat([loc, self.guide.raw_from_scale_tril(self.scale_tril0 @ M)], -1)
+        if x.dim() == self.x.dim() - 1 and x.shape == self.x.shape[1:]:
+            x = x.expand(self.x.shape)
+        if x.shape != self.x.shape or not torch.equal(x, self.x):
+            raise ValueError(f"x: this refined guide holds the parameters of the "
+                             f"{self.x.shape[1]} points it was refined on and answers for "
+                             f"exactly those (same order), got other data of shape "
+                             f"{tuple(x.shape)}")
+        return self.table
+
+
+def _expected_quadratic(f0, g0, H0, u0, m, L):
+    """``E_q[Q(u)]`` for ``q = N(m, L L^T)`` and ``Q(u) = f0 + g0 (u - u0) + (u - u0)^T H0
+    (u - u0) / 2``, per point."""
+    dm = m - u0
+    quad = (dm.unsqueeze(-2) @ H0 @ dm.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+    trace = (H0 * (L @ L.transpose(-1, -2))).sum((-2, -1))
+    return f0 + (g0 * dm).sum(-1) + 0.5 * (quad + trace)
+
+
+def _elbo_cv(f, f0, g0, H0, u0, m, L, eps, prior_weight):
+    """The ELBO of ``q_u = N(m, L L^T)`` per point with the second-order expansion of ``f`` at
+    ``u0`` as control variate: ``E[f - Q] + E[Q] + w H(q)``; exact when ``f`` is quadratic (a
+    linear decoder with a Gaussian prior). ``eps`` ``(S, R, B, d)`` antithetic draws."""
+    u = m + (L @ eps.unsqueeze(-1)).squeeze(-1)  # (S, R, B, d)
+    du = u - u0
+    Q = f0 + (g0 * du).sum(-1) + 0.5 * (du.unsqueeze(-2) @ H0 @ du.unsqueeze(-1)).squeeze(
+        -1).squeeze(-1)
+    d = m.shape[-1]
+    entropy = L.diagonal(dim1=-2, dim2=-1).log().sum(-1) + 0.5 * d * math.log(
+        2 * math.pi * math.e)
+    return (f(u) - Q).mean(0) + _expected_quadratic(f0, g0, H0, u0, m, L) + \
+        prior_weight * entropy
 
 
 @squeezes_replicas
-def refine_elbo(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor, *,
-                steps: int = 300, lr: float = 1e-2, num_particles: int = 8,
-                eval_particles: int = 256, init: str = "laplace", seed: int = 0,
-                chunk_size: int = 2048, beta_weighted: bool = False,
-                return_guides: bool = False):
-    """ELBO* per point: the guide's parameters optimized for each point separately.
+def refine_elbo(vae: VAE, guide: AmortizedGaussianGuide, x, *,
+                config: RefineConfig = RefineConfig(), seed: int = 0, chunk_size: int = 2048,
+                beta_weighted: bool = False, return_guides: bool = False):
+    """ELBO* per point: the best guide of the family for each point on its own.
 
-    Each point's variational parameters (same family) start from the amortized encoder's mean
-    and either the encoder's scales (``init="encoder"``) or the family's optimal fit to the
-    Laplace posterior ``N(mu(x), P^-1)`` (``init="laplace"``, the theory's prediction: eq. 12
-    for the diagonal family), then take ``steps`` Adam steps on that point's own ELBO (all
-    points of a chunk batched: their ELBOs do not interact). The model stays fixed. Returns
-    ``elbo_star``, ``(N,)`` / ``(R, N)``, from ``eval_particles`` fresh draws.
+    Works in the guide's unconstrained coordinates ``u`` with ``f(u) = log p(x, u)`` (see
+    :mod:`~pyro_ima.inference.posterior`). Each point starts at its posterior mode ``u*``
+    (Newton from the encoder mean) with the family's KL-optimal fit to the Laplace posterior
+    ``N(u*, P^-1)`` (eq. 12 for the diagonal family), which is the optimum when ``f`` is
+    quadratic; then ``config.steps`` Adam steps with a decaying step size refine the mean and
+    scales on the point's own ELBO. The ELBO is estimated with the second-order expansion of
+    ``f`` at ``u*`` as control variate, whose expectation under a Gaussian is exact, and
+    antithetic draws: the estimate is exact for a linear decoder and has the variance of the
+    posterior's departure from a Gaussian otherwise, so the refinement does not drift from the
+    optimum it starts on. Points whose mode is not found start from the encoder instead.
 
-    With ``beta_weighted`` each point's parameters maximize the beta-VAE objective instead (and
-    that is what is returned); with ``return_guides`` the refined per-chunk guides come back
-    too, as ``(elbo_star, [(start, guide), ...])``.
+    Returns ``elbo_star`` ``(R, N)`` (``(N,)`` for ``replicas=None``) in the model's dtype; with
+    ``beta_weighted`` the beta-VAE objective ``E[log p(x|z)] - beta KL`` is maximized and
+    returned; with ``return_guides`` also a guide of the same family holding every point's
+    refined parameters, bound to ``x`` (it refuses other data).
     """
-    require_gaussian(vae)
-    if init not in ("laplace", "encoder"):
-        raise ValueError(f"init: expected 'laplace' or 'encoder', got {init!r}")
-    check_int("steps", steps, minimum=0)
     x = as_replica_batch(vae, x)
-    n = x.shape[1]
-    g = generator(seed)
-
-    def next_seed():
-        return int(torch.randint(2**62, (), generator=g, device="cpu"))
-
-    result, guides = [], []
+    n, d = x.shape[1], vae.latent_dim
+    w = vae.beta.reshape(-1, 1) if beta_weighted else 1.0
+    T = guide.bijection
+    g = generator(seed, vae.device)
+    result, locs, raws = [], [], []
     for start in range(0, n, chunk_size):
         xs = x.narrow(1, start, min(chunk_size, n - start))
+
+        def f(u, xs=xs):
+            return log_joint(vae, xs, u, T, w)
+
         with torch.no_grad():
-            loc = guide.loc(xs)
-            if init == "laplace":  # the family's optimal fit to N(loc, P^-1)
-                raw = guide.raw_from_covariance(torch.linalg.inv(
-                    laplace_precision.batched(vae, guide, loc)))
-                fixed = torch.cat([loc, raw], -1)
-                scale_tril0 = guide.with_encoder(lambda _, h=fixed: h).scale_tril(xs)
-            else:
-                scale_tril0 = guide.scale_tril(xs)
-        table = _PointTable(guide, loc, scale_tril0)
-        local = guide.with_encoder(table)
-        local.fix_loc(None)
-        opt = torch.optim.Adam(table.parameters(), lr=lr)
-        b = xs.shape[1]
-        for _ in range(steps):
-            eps = standard_noise(vae, num_particles, b, next_seed())
-            loss = -log_weights(vae, local, xs, eps, beta_weighted=beta_weighted).mean(0).sum()
-            (table.table.grad,) = torch.autograd.grad(loss, table.table)
+            loc0 = guide.loc(xs)
+            mode = posterior_mode(vae, xs, loc0, T, config=config.mode, prior_weight=w)
+            u0 = torch.where(mode.found.unsqueeze(-1), mode.u, loc0)
+            f0, g0, H0 = value_grad_hessian(f, u0)
+            P = torch.where(mode.found[..., None, None], mode.precision,
+                            torch.eye(d, dtype=x.dtype, device=x.device))
+            L0 = torch.where(mode.found[..., None, None],
+                             torch.linalg.cholesky(guide.optimal_covariance(P)),
+                             guide.scale_tril(xs))
+        delta = torch.zeros_like(u0, requires_grad=True)
+        raw = u0.new_zeros(u0.shape[:-1] + (guide.num_scale_params(d),)).requires_grad_(True)
+
+        def q(delta=delta, raw=raw, u0=u0, L0=L0):
+            m = u0 + (L0 @ delta.unsqueeze(-1)).squeeze(-1)
+            return m, L0 @ guide.tril_from_raw(raw, _SOFTPLUS_INV_1, d)
+
+        opt = torch.optim.Adam([delta, raw], lr=config.lr)
+        decay = (config.lr_end / config.lr) ** (1 / max(config.steps - 1, 1))
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, decay)
+        for _ in range(config.steps):
+            e = torch.randn((config.particles,) + u0.shape, generator=g, device=x.device,
+                            dtype=x.dtype)
+            m, L = q()
+            loss = -_elbo_cv(f, f0, g0, H0, u0, m, L, torch.cat([e, -e]), w).sum()
+            opt.zero_grad()
+            loss.backward()
             opt.step()
+            sched.step()
         with torch.no_grad():
-            eps = standard_noise(vae, eval_particles, b, next_seed())
-            result.append(log_weights(vae, local, xs, eps, beta_weighted=beta_weighted).mean(0))
-        guides.append((start, local))
+            e = torch.randn((config.eval_particles,) + u0.shape, generator=g, device=x.device,
+                            dtype=x.dtype)
+            m, L = q()
+            result.append(_elbo_cv(f, f0, g0, H0, u0, m, L, torch.cat([e, -e]), w))
+            locs.append(m)
+            raws.append(type(guide).raw_from_tril(L, 0.0))
     elbo_star = torch.cat(result, -1)
-    return (elbo_star, guides) if return_guides else elbo_star
+    if not return_guides:
+        return elbo_star
+    refined = type(guide)(vae, _BoundTable(x, torch.cat(locs, -2), torch.cat(raws, -2)))
+    return elbo_star, refined
 
 
 def decoder_inverse(decoder, x: torch.Tensor, z0: torch.Tensor, *, steps: int = 30,
@@ -163,39 +229,38 @@ def self_consistency(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.T
 
 
 @squeezes_replicas
-def gap_report(vae: GaussianVAE, guide: AmortizedGaussianGuide, x: torch.Tensor, *,
-               mixing=None, num_samples: int = 1000, refine_steps: int = 300,
+def gap_report(vae: GaussianVAE, guide: AmortizedGaussianGuide, x, *, mixing=None,
+               num_samples: int = 1000, refine: RefineConfig = RefineConfig(),
                elbo_particles: int = 256, seed: int = 0) -> dict[str, torch.Tensor]:
     """Everything about the ELBO gap at each point: ``(R, N)`` tensors (``(N,)`` for
     ``replicas=None``).
 
-    Keys: ``elbo`` (amortized), ``elbo_star`` (refined, :func:`refine_elbo`), ``log_px_is``
-    (Laplace-proposal importance sampling at this gamma, float64) and its ``khat`` and ``ess``,
-    ``log_px_exact`` (change of variables, with ``mixing``), ``gap`` = ``log_px - elbo``,
-    ``amortization_gap`` = ``elbo_star - elbo``, ``approximation_gap`` = ``log_px - elbo_star``,
-    ``predicted_gap`` (the family's linearized gap at the posterior mode ``g(x)`` if ``mixing``
-    is given, else at ``mu(x)``), ``c_ima``, ``c_conf``, ``c_row`` of the decoder there,
-    ``log_px_minus_c_ima`` and ``predicted_variances`` ``(R, N, d)`` (eq. 12 for the diagonal
-    family). ``log_px`` is the IS estimate.
+    Keys: ``elbo`` (amortized), ``elbo_star`` (refined, :func:`refine_elbo` with ``refine``),
+    ``log_px_is`` (importance sampling with the Laplace proposal at the posterior mode, float64)
+    with its ``khat``, ``ess``, ``std_error`` and ``reliable`` flag, ``mode_found``,
+    ``log_px_exact`` (change of variables, with ``mixing``: the noiseless limit), ``gap`` =
+    ``log_px - elbo``, ``amortization_gap`` = ``elbo_star - elbo``, ``approximation_gap`` =
+    ``log_px - elbo_star``, ``predicted_gap`` (the family's linearized gap for the precision at
+    the posterior mode), ``c_ima``, ``c_conf`` and (square Jacobians) ``c_row`` of the decoder
+    at the mode, ``log_px_minus_c_ima`` and ``predicted_variances`` ``(R, N, d)`` (eq. 12 for the
+    diagonal family). Points whose mode was not found (``mode_found`` false) or whose estimate
+    is not ``reliable`` should be left out of averages.
     """
     require_gaussian(vae)
     x = as_replica_batch(vae, x)
     elbo = vae_elbo_per_point.batched(vae, guide, x, num_particles=elbo_particles, seed=seed)
-    elbo_star = refine_elbo.batched(vae, guide, x, steps=refine_steps, seed=seed + 1,
-                                    eval_particles=elbo_particles)
+    elbo_star = refine_elbo.batched(vae, guide, x, config=refine, seed=seed + 1)
     is_res = vae_importance_log_px.batched(vae, guide, x, num_samples=num_samples,
-                                       proposal="laplace", seed=seed + 2)
+                                           proposal="laplace", seed=seed + 2, mode=refine.mode)
     with torch.no_grad():
-        if mixing is not None:
-            z0 = mixing.inv(x)
-            u0 = z0 if guide.bijection is None else guide.bijection.inv(z0)
-        else:
-            u0 = guide.loc(x)
-        P = laplace_precision.batched(vae, guide, u0)
-        J = jacobian(vae.decoder, u0 if guide.bijection is None else guide.bijection(u0))
+        mode = posterior_mode(vae, x, guide.loc(x), guide.bijection, config=refine.mode)
+        P = mode.precision
+        z = mode.u if guide.bijection is None else guide.bijection(mode.u)
+        J = jacobian(vae.decoder, z)
     log_px = is_res.log_px
-    rep = {"elbo": elbo, "elbo_star": elbo_star, "log_px_is": log_px,
-           "khat": is_res.khat, "ess": is_res.ess}
+    rep = {"elbo": elbo, "elbo_star": elbo_star, "log_px_is": log_px, "khat": is_res.khat,
+           "ess": is_res.ess, "std_error": std_error(is_res.ess, num_samples),
+           "reliable": is_res.reliable, "mode_found": mode.found}
     if mixing is not None:
         rep["log_px_exact"] = exact_log_px(mixing, vae.prior, x)
     rep.update(gap=log_px - elbo.double(), amortization_gap=elbo_star - elbo,

@@ -38,9 +38,10 @@ class SmoothLeakyReLU(nn.Module):
 
 
 def _on_default_device(t: torch.Tensor) -> torch.Tensor:
-    """Initial values are drawn on the CPU (seeded generators give the same numbers on every
-    machine), then placed where PyTorch puts new tensors."""
-    return t.to(torch.get_default_device())
+    """Initial values are drawn on the CPU in float32 (seeded generators give the same numbers
+    on every machine and in every precision), then placed where PyTorch puts new tensors, in
+    its default dtype."""
+    return t.to(torch.get_default_device(), torch.get_default_dtype())
 
 
 class BatchedLinear(nn.Module):
@@ -65,8 +66,9 @@ class BatchedLinear(nn.Module):
         self.in_features, self.out_features, self.replicas = in_features, out_features, replicas
         bound = 1.0 / math.sqrt(in_features)
 
-        def uniform(*shape, g):
-            return (torch.rand(shape, generator=g, device="cpu") * 2 - 1) * bound
+        def uniform(*shape, g):  # float32 draws whatever the default dtype: the same network
+            return (torch.rand(shape, generator=g, device="cpu", dtype=torch.float32) * 2
+                    - 1) * bound
 
         ws = torch.stack([uniform(in_features, out_features, g=g) for g in generators])
         bs = torch.stack([uniform(1, out_features, g=g) for g in generators])
@@ -124,14 +126,16 @@ class MLP(nn.Module):
 
 
 def _seeded(module: nn.Module, seed: int) -> nn.Module:
-    """Initialize ``module``'s layers (PyTorch's default scheme) on the CPU from a private
-    seed, then place it on PyTorch's default device."""
+    """Initialize ``module``'s layers (PyTorch's default scheme, in float32 on the CPU) from a
+    private seed, then place it on PyTorch's default device in its default dtype."""
+    dtype = torch.get_default_dtype()
+    module.float()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, _INIT_STREAM))
         for m in module.modules():
             if hasattr(m, "reset_parameters") and m is not module:
                 m.reset_parameters()
-    return module.to(torch.get_default_device())
+    return module.to(torch.get_default_device(), dtype)
 
 
 class ConvEncoder(nn.Module):
