@@ -1,11 +1,16 @@
-"""The ``pyro-ima`` command line: ``train`` one run, ``demo`` the main job."""
+"""The ``pyro-ima`` command line: train one run, evaluate it, run a study, or the demo.
+
+Every failure is one line on stderr: bad input exits with status 2, a numerical failure or a
+file that cannot be written with 1, an interruption with 130.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from . import models, priors
+from . import __version__, models, priors
 from .inference import summary_line
 
 __all__ = ["main", "build_parser"]
@@ -20,6 +25,10 @@ class _Parser(argparse.ArgumentParser):
         raise _OneLineError(message)
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows every default."""
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -30,115 +39,147 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _int_at_least(minimum: int):
+def _int_in(minimum: int, maximum: int):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{minimum}, {maximum}], "
+                                             f"got {value}")
         return value
     return parse
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    parse = _int_in(1, 1_000_000)
+    try:
+        return tuple(parse(part) for part in text.split(","))
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated widths such as 50,50 ({e})") \
+            from None
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    from .runs import RunConfig
+    from .runs import MAX_N, MAX_SEED, MIXING_NAMES, RunConfig
     d = RunConfig()
-    from .runs import MIXING_NAMES
-    p.add_argument("--mixing", choices=MIXING_NAMES, default=d.mixing,
+    p.add_argument("--mixing", choices=[m for m in MIXING_NAMES if m != "data"], default=None,
                    help="ground-truth mixing, or 'sprites' for the rendered Sprites images "
-                        "(with --prior beta --dim 4; conv encoder/decoder) (default %(default)s)")
+                        "(with --prior beta --dim 4; conv encoder/decoder) [moebius]")
+    p.add_argument("--data", default=None, metavar="FILE",
+                   help="train on your own (N, D) array instead (.npy, or .pt holding a "
+                        "tensor); --dim is then the latent size")
     p.add_argument("--prior", choices=sorted(priors.PRIORS), default=d.prior,
-                   help="latent prior, also the data's latent distribution (default %(default)s)")
-    p.add_argument("--dim", type=_int_at_least(1), default=d.dim, help="latent and data dimension")
+                   help="latent prior, also the data's latent distribution")
+    p.add_argument("--dim", type=_int_in(1, 1_000_000), default=d.dim,
+                   help="latent dimension (and the data's, for synthetic data)")
     p.add_argument("--guide", choices=sorted(models.GUIDES), default=d.guide,
-                   help="guide family (default %(default)s)")
+                   help="guide family")
     p.add_argument("--gamma2", type=_positive_float, default=d.gamma2,
-                   help="decoder precision gamma^2 (default %(default)g)")
+                   help="decoder precision gamma^2")
     p.add_argument("--beta", type=_positive_float, default=d.beta, help="beta-VAE weight")
     p.add_argument("--learn-noise", action="store_true",
                    help="learn per-dimension observation scales (unit geometric mean)")
     p.add_argument("--fixed-decoder", action="store_true",
                    help="fix the decoder to the true mixing and train the encoder alone")
-    p.add_argument("--hidden", type=_int_at_least(1), default=d.hidden, help="MLP hidden width")
-    p.add_argument("--n", type=_int_at_least(10), default=d.n,
-                   help="data points in total (split 0.7/0.2/0.1)")
-    p.add_argument("--epochs", type=_int_at_least(1), default=d.epochs, help="maximum epochs")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=d.batch_size)
+    p.add_argument("--hidden", type=_widths, default=d.hidden,
+                   help="MLP hidden layer widths, comma-separated (e.g. 50,50)")
+    p.add_argument("--n", type=_int_in(1, MAX_N), default=d.n,
+                   help="data points in total (split 0.7/0.2/0.1; each split needs >= 3)")
+    p.add_argument("--epochs", type=_int_in(1, 1_000_000), default=d.epochs,
+                   help="maximum epochs")
+    p.add_argument("--batch-size", type=_int_in(1, 1_000_000), default=d.batch_size)
     p.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam learning rate")
-    p.add_argument("--patience", type=_int_at_least(1), default=d.patience,
+    p.add_argument("--patience", type=_int_in(1, 1_000_000), default=d.patience,
                    help="early-stopping patience in epochs")
     p.add_argument("--init-scale", type=_positive_float, default=None,
-                   help="initial guide standard deviation (default: softplus(0))")
-    p.add_argument("--seed", type=_int_at_least(0), default=d.seed)
-    p.add_argument("--eval-points", type=_int_at_least(1), default=None,
-                   help="test points for the importance-sampled log p (default 500; 100 for "
+                   help="initial guide standard deviation (default: softplus(0) = 0.69)")
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=d.seed)
+    p.add_argument("--eval-points", type=_int_in(1, 1_000_000), default=None,
+                   help="test points for the importance-sampled log p (default: 500; 100 for "
                         "sprites)")
-    p.add_argument("--eval-samples", type=_int_at_least(1), default=None,
-                   help="importance samples per point (default 500; 100 for sprites)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--eval-samples", type=_int_in(1, 1_000_000), default=None,
+                   help="importance samples per point (default: 500; 100 for sprites)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_device_args(p)
 
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu",
-                   help="where to compute: cpu, cuda, cuda:1, ... (default %(default)s)")
+    p.add_argument("--device", default="cpu", help="where to compute: cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="floating-point precision (default %(default)s)")
+                   help="floating-point precision")
+
+
+def _add_force(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--force", action="store_true",
+                   help=f"replace what OUT already holds (another {what}); without it such an "
+                        f"OUT is refused")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pyro-ima", description=__doc__)
+    parser = _Parser(prog="pyro-ima", description=__doc__, formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"pyro-ima {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("train", help="train one VAE and write results.json + state.pt",
-                       description="Train one VAE on a synthetic dataset; write OUT/results.json "
-                                   "(config, versions, train/val/test ELBO, history) and "
-                                   "OUT/state.pt (model and guide state).")
+                       formatter_class=_Help,
+                       description="Train one VAE on a synthetic dataset (or your own with "
+                                   "--data); write OUT/state.pt (model and guide) and "
+                                   "OUT/results.json (config, versions, train/val/test ELBO, "
+                                   "history, metrics).")
     _add_run_args(p)
     p.add_argument("--out", required=True, help="output directory (created if missing)")
+    _add_force(p, "run")
     p = sub.add_parser("evaluate", help="re-evaluate a trained run directory",
-                       description="Reload RUN_DIR (results.json + state.pt), recompute MCC, "
-                                   "contrasts, importance-sampled log p with PSIS k-hat and the "
-                                   "gap, and write RUN_DIR/metrics.json.")
+                       formatter_class=_Help,
+                       description="Reload RUN_DIR (results.json + state.pt of one run), "
+                                   "recompute MCC, contrasts, importance-sampled log p with "
+                                   "PSIS k-hat, the share of flagged estimates and the gap, "
+                                   "and write RUN_DIR/metrics.json.")
     p.add_argument("run_dir", help="a directory written by `pyro-ima train`")
-    p.add_argument("--points", type=_int_at_least(1), default=None,
-                   help="test points for importance sampling (default: the run's, 500; 100 "
-                        "for sprites)")
-    p.add_argument("--samples", type=_int_at_least(1), default=None,
-                   help="importance samples per point K (default: the run's, 500; 100 for "
-                        "sprites)")
+    p.add_argument("--points", type=_int_in(1, 1_000_000), default=None,
+                   help="test points for importance sampling (default: the run's)")
+    p.add_argument("--samples", type=_int_in(1, 1_000_000), default=None,
+                   help="importance samples per point K (default: the run's)")
     _add_device_args(p)
     from .experiments import STUDIES
     p = sub.add_parser("experiment", help="run (or resume) one study of the paper",
+                       formatter_class=_Help,
                        description="Run one study; writes OUT/results.csv, results.json, "
                                    "summary.json and the figure (PNG + PDF). A killed run "
-                                   "resumes without redoing finished settings.")
+                                   "resumes without redoing finished settings of the same "
+                                   "config.")
     p.add_argument("name", nargs="?", choices=sorted(STUDIES), help="the study")
-    p.add_argument("--quick", action="store_true", help="small sizes (< 2 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="small sizes (minutes on 2 cores)")
     p.add_argument("--from", dest="from_file", default=None, metavar="RESULTS_JSON",
                    help="re-run the study (same name and size) that wrote this results.json")
-    p.add_argument("--out", default=None, help="output directory (default runs/NAME[-quick])")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", default=None, help="output directory (default: runs/NAME[-quick])")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_force(p, "study or config")
     _add_device_args(p)
     p = sub.add_parser("demo", help="the main job: closed-form gap check + a Moebius VAE, "
-                                    "printed and drawn")
-    p.add_argument("--out", default="runs/demo", help="output directory (default %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+                                    "printed and drawn", formatter_class=_Help)
+    p.add_argument("--out", default="runs/demo", help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_force(p, "run")
     _add_device_args(p)
     return parser
 
 
 def _cmd_train(args) -> int:
     from .runs import RunConfig, train_run
-    cfg = RunConfig(mixing=args.mixing, prior=args.prior, dim=args.dim, guide=args.guide,
+    if args.data is not None and args.mixing is not None:
+        raise ValueError("data: --data trains on your file; it goes without --mixing")
+    mixing = "data" if args.data is not None else (args.mixing or "moebius")
+    cfg = RunConfig(mixing=mixing, prior=args.prior, dim=args.dim, guide=args.guide,
                     gamma2=args.gamma2, beta=args.beta, learn_noise=args.learn_noise,
                     fixed_decoder=args.fixed_decoder, hidden=args.hidden, n=args.n,
                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     patience=args.patience, init_scale=args.init_scale, seed=args.seed,
                     eval_points=args.eval_points, eval_samples=args.eval_samples,
-                    device=args.device, dtype=args.dtype)
-    results, _ = train_run(cfg, args.out, progress=not args.quiet)
+                    device=args.device, dtype=args.dtype,
+                    data=None if args.data is None else os.path.abspath(args.data))
+    results, _ = train_run(cfg, args.out, progress=not args.quiet, force=args.force)
     e = results["elbo"]
     print(f"trained {cfg.guide} guide, {results['epochs_run']} epochs in "
           f"{results['seconds']:.1f}s: ELBO train {e['train']:.3f} val {e['val']:.3f} "
@@ -149,15 +190,21 @@ def _cmd_train(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     import dataclasses
+    from pathlib import Path
 
-    from .fileio import atomic_write_json
+    from .fileio import DirLock, atomic_write_json
     from .runs import evaluate, load_run
-    _, cfg, ds, vae, guide = load_run(args.run_dir, device=args.device, dtype=args.dtype)
-    sizes = {k: v for k, v in (("points", args.points), ("is_samples", args.samples))
-             if v is not None}
-    m = evaluate(ds, vae, guide, config=dataclasses.replace(cfg.eval_config(), **sizes),
-                 seed=cfg.seed)
-    atomic_write_json(f"{args.run_dir}/metrics.json", m)
+    if not Path(args.run_dir).is_dir():
+        raise ValueError(f"run_dir: expected an existing run directory, got {args.run_dir!r}")
+    with DirLock(args.run_dir):
+        results, cfg, ds, vae, guide = load_run(args.run_dir, device=args.device,
+                                                dtype=args.dtype)
+        sizes = {k: v for k, v in (("points", args.points), ("is_samples", args.samples))
+                 if v is not None}
+        m = evaluate(ds, vae, guide, config=dataclasses.replace(cfg.eval_config(), **sizes),
+                     seed=cfg.seed)
+        atomic_write_json(Path(args.run_dir) / "metrics.json",
+                          {"kind": "pyro_ima.metrics", "run_id": results["run_id"], **m})
     print(summary_line(m))
     return 0
 
@@ -165,15 +212,15 @@ def _cmd_evaluate(args) -> int:
 def _resolve_study(args) -> None:
     """``experiment``: the study's name and size from the arguments or from ``--from``."""
     if args.from_file is not None:
-        import json
-        try:
-            with open(args.from_file) as f:
-                obj = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"from: cannot read {args.from_file!r} as JSON ({e})") from None
-        if not isinstance(obj, dict) or obj.get("kind") != "pyro_ima.study":
+        from .experiments import STUDIES
+        from .fileio import read_json
+        obj = read_json(args.from_file, "from")
+        if obj.get("kind") != "pyro_ima.study":
             raise ValueError(f"from: {args.from_file!r} is not a pyro-ima study results file")
-        args.name, args.quick = obj.get("study"), bool(obj.get("quick"))
+        if obj.get("study") not in STUDIES or not isinstance(obj.get("quick"), bool):
+            raise ValueError(f"from: {args.from_file!r} names no known study and size "
+                             f"(study {obj.get('study')!r}, quick {obj.get('quick')!r})")
+        args.name, args.quick = obj["study"], obj["quick"]
     if args.name is None:
         raise ValueError("name: expected a study name or --from RESULTS_JSON")
     if args.out is None:
@@ -182,15 +229,18 @@ def _resolve_study(args) -> None:
 
 def _cmd_experiment(args) -> int:
     from .experiments import run_study
+    _resolve_study(args)
     meta = run_study(args.name, args.out, quick=args.quick, progress=not args.quiet,
-                     device=args.device, dtype=args.dtype)
+                     device=args.device, dtype=args.dtype, force=args.force)
+    print(meta["table"])
     print(f"{args.name}: {meta['claim']} ({meta['seconds']:.0f}s) -> {args.out}")
     return 0
 
 
 def _cmd_demo(args) -> int:
     from .demo import run_demo
-    run_demo(args.out, progress=not args.quiet, device=args.device, dtype=args.dtype)
+    run_demo(args.out, progress=not args.quiet, device=args.device, dtype=args.dtype,
+             force=args.force)
     return 0
 
 
@@ -200,11 +250,16 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"pyro-ima: warning: {text}", file=sys.stderr)
 
 
+def _first_line(e: BaseException) -> str:
+    return " ".join((str(e).strip().splitlines() or [type(e).__name__])[0].split())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, one line on stderr)."""
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("always", RuntimeWarning)  # numerical verdicts: always shown
+        warnings.simplefilter("ignore", FutureWarning)  # libraries' notices to their users
         warnings.showwarning = _one_line_warning
         return _main(argv)
 
@@ -212,29 +267,31 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "experiment":
-            _resolve_study(args)
         from ._utils import parse_device
-        from .fileio import check_out_dir
         parse_device(args.device)
-        if args.command == "evaluate":
-            from pathlib import Path
-            if not Path(args.run_dir).is_dir():
-                raise ValueError(f"run_dir: expected an existing run directory, "
-                                 f"got {args.run_dir!r}")
-        check_out_dir(args.out if args.command != "evaluate" else args.run_dir)
         commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
                     "experiment": _cmd_experiment}
         return commands[args.command](args)
-    except (_OneLineError, ValueError) as e:
-        print(f"pyro-ima: error: {e}", file=sys.stderr)
+    except (_OneLineError, ValueError, TypeError) as e:
+        print(f"pyro-ima: error: {_first_line(e)}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
-        print(f"pyro-ima: numerical failure: {e}", file=sys.stderr)
+        print(f"pyro-ima: numerical failure: {_first_line(e)}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"pyro-ima: error: {e.strerror or _first_line(e)}{where}; nothing partial was "
+              f"written", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pyro-ima: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug: still one line, with the way to see more
+        if os.environ.get("PYRO_IMA_DEBUG"):
+            raise
+        print(f"pyro-ima: internal error: {type(e).__name__}: {_first_line(e)} (set "
+              f"PYRO_IMA_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

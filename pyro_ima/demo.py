@@ -9,7 +9,15 @@ import torch
 
 from . import inference, metrics, models
 from ._utils import parse_device, parse_dtype, torch_defaults
-from .fileio import atomic_write_json, check_out_dir, package_versions
+from .fileio import (
+    RUN_FILES,
+    STUDY_FILES,
+    DirLock,
+    atomic_write_json,
+    atomic_write_with,
+    check_out_dir,
+    package_versions,
+)
 from .linear_gaussian import LinearGaussian
 from .progress import EpochProgress
 from .runs import RunConfig, train_run
@@ -81,14 +89,23 @@ def _figure(path: Path, rows: list[dict], history: list[dict], z_true, z_est) ->
     ax.set_title("Moebius VAE: latents (test set)")
     ax.legend(markerscale=4)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
 
 
 def run_demo(out: str = "runs/demo", progress: bool = True, device: str = "cpu",
-             dtype: str = "float32") -> dict:
-    """Runs the main job and writes ``demo.json`` and ``demo.png`` to ``out``."""
+             dtype: str = "float32", force: bool = False) -> dict:
+    """Runs the main job and writes ``demo.json``, ``demo.png`` and the Moebius run
+    (``moebius/``) to ``out``. Rerunning into the demo's own directory replaces its outputs; a
+    directory holding another run or a study is refused unless ``force``."""
     out_dir = check_out_dir(out)
+    with DirLock(out_dir):
+        from .runs import prepare_out_dir
+        prepare_out_dir(out_dir, (*RUN_FILES, *STUDY_FILES), force, "run or study")
+        return _demo(out_dir, progress, device, dtype)
+
+
+def _demo(out_dir: Path, progress: bool, device: str, dtype: str) -> dict:
     t0 = time.perf_counter()
     print("1) Linear Gaussian VAE (d=3, gamma2=1e2, decoder fixed): ELBO per guide family "
           "vs closed form")
@@ -103,7 +120,8 @@ def run_demo(out: str = "runs/demo", progress: bool = True, device: str = "cpu",
                     dtype=dtype)
     print(f"2) VAE on Moebius data (d={cfg.dim}, uniform prior, gamma2={cfg.gamma2:g}, "
           f"{cfg.guide} guide, n={cfg.n})")
-    results, (ds, vae, guide, fit) = train_run(cfg, out_dir / "moebius", progress=progress)
+    results, (ds, vae, guide, fit) = train_run(cfg, out_dir / "moebius", progress=progress,
+                                               force=True)  # the demo's own run, replaced
     e = results["elbo"]
     print(f"   {fit.epochs_run} epochs ({fit.seconds:.1f}s), best epoch {int(fit.best_epoch[0])}: "
           f"ELBO train {e['train']:.3f}  val {e['val']:.3f}  test {e['test']:.3f}")

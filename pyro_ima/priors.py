@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
@@ -35,10 +37,17 @@ def logistic(dim: int, scale: float = 1.0) -> dist.Distribution:
     return dist.Logistic(torch.zeros(_dim(dim)), torch.full((dim,), float(scale))).to_event(1)
 
 
-def uniform(dim: int, low: float = 0.0, high: float = 1.0) -> dist.Distribution:
-    """Uniform on the box ``[low, high]^d``."""
+def _box(low, high) -> None:
+    for name, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name}: expected a finite number, got {v!r}")
     if not float(high) > float(low):
         raise ValueError(f"high: expected high > low, got low={low}, high={high}")
+
+
+def uniform(dim: int, low: float = 0.0, high: float = 1.0) -> dist.Distribution:
+    """Uniform on the box ``[low, high]^d`` (finite bounds)."""
+    _box(low, high)
     return dist.Uniform(torch.full((_dim(dim),), float(low)),
                         torch.full((dim,), float(high))).to_event(1)
 
@@ -71,8 +80,7 @@ def beta(dim: int, a=2.0, b=2.0, low: float = 0.0, high: float = 1.0) -> dist.Di
     b = torch.as_tensor(b, dtype=torch.get_default_dtype()).expand(dim).clone()
     check_positive("a", a)
     check_positive("b", b)
-    if not float(high) > float(low):
-        raise ValueError(f"high: expected high > low, got low={low}, high={high}")
+    _box(low, high)
     if low == 0.0 and high == 1.0:
         return dist.Beta(a, b).to_event(1)
     return BoxBeta(a, b, low, high)

@@ -1,10 +1,14 @@
 """Every row of docs/bad_inputs.md: the input is refused, before any work, with a message that
 names the argument. The table and this list must name the same cases."""
 
+import json
 import math
 import re
 from pathlib import Path
 
+import numpy as np
+import pyro
+import pyro.distributions as pdist
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
@@ -12,7 +16,9 @@ from pyro.infer import Trace_ELBO
 from pyro_ima import data, inference, metrics, mixings, models, priors, sprites
 from pyro_ima.cli import main
 from pyro_ima.experiments import run_study
-from pyro_ima.runs import RunConfig, check_out_dir, load_results, load_run
+from pyro_ima.fileio import DirLock, check_out_dir
+from pyro_ima.linear_gaussian import LinearGaussian
+from pyro_ima.runs import RunConfig, load_results, load_run
 
 DOC = Path(__file__).parent.parent / "docs" / "bad_inputs.md"
 
@@ -113,7 +119,7 @@ CASES = {
     "results_corrupt": (lambda t: load_results(_file(t, b"{not json")), ValueError, "results"),
     "results_foreign": (lambda t: load_results(_file(t, b'{"a": 1}')), ValueError, "results"),
     "dataset_corrupt": (lambda t: data.load_dataset(_file(t, b"garbage")), ValueError, "path"),
-    "state_corrupt": (lambda t: _corrupt_state(t), ValueError, "state"),
+    "state_corrupt": (lambda t: load_run(_run_dir(t)), ValueError, "state"),
     "out_not_writable": (lambda t: check_out_dir(_file(t, b"") / "sub"), ValueError, "out"),
     "cli_bad_gamma2": (lambda t: main(["train", "--gamma2", "-1", "--out", str(t)]), 2,
                        "--gamma2"),
@@ -122,22 +128,156 @@ CASES = {
     "cli_moebius_unbounded": (lambda t: main(["train", "--prior", "gaussian", "--out",
                                               str(t)]), 2, "prior"),
     "cli_run_dir_missing": (lambda t: main(["evaluate", str(t / "none")]), 2, "run_dir"),
+    # -- issue 14: configs read back from files are checked like the command line --------
+    "results_config_missing_field": (lambda t: load_run(_run_dir(t, n=_DROP)), ValueError,
+                                     "missing n"),
+    "results_config_string_int": (lambda t: load_run(_run_dir(t, dim="3")), ValueError, "dim"),
+    "results_config_float_n": (lambda t: load_run(_run_dir(t, n=1e12)), ValueError, "n"),
+    "results_config_huge_n": (lambda t: load_run(_run_dir(t, n=10**12)), ValueError, "n"),
+    "state_of_another_run": (lambda t: load_run(_run_dir(t, state=_state(run_id="b" * 32))),
+                             ValueError, "state"),
+    "state_config_differs": (lambda t: load_run(_run_dir(t, state=_state(gamma2=100.0))),
+                             ValueError, "state"),
+    "cli_n_too_small_for_splits": (lambda t: main(["train", "--n", "20", "--out", str(t)]), 2,
+                                   "n: 20 points"),
+    "cli_seed_out_of_range": (lambda t: main(["train", "--seed", "18446744073709551615",
+                                              "--out", str(t)]), 2, "--seed"),
+    "cli_empty_out": (lambda t: main(["train", "--n", "200", "--out", ""]), 2, "out"),
+    "cli_out_holds_a_run": (lambda t: main(["train", "--n", "200", "--out",
+                                            str(_run_dir(t, state=_state()))]), 2, "--force"),
+    "cli_out_holds_a_study": (lambda t: main(["train", "--n", "200", "--out",
+                                              str(_study_dir(t)), "--epochs", "1"]), 2,
+                              "--force"),
+    "cli_out_locked": (lambda t: _locked_train(t), 2, "another pyro-ima process"),
+    "cli_hidden_not_widths": (lambda t: main(["train", "--hidden", "50,x", "--out", str(t)]),
+                              2, "--hidden"),
+    "cli_data_file_missing": (lambda t: main(["train", "--data", str(t / "no.npy"), "--out",
+                                              str(t)]), 2, "data"),
+    "cli_data_with_mixing": (lambda t: main(["train", "--data", "x.npy", "--mixing", "linear",
+                                             "--out", str(t)]), 2, "data"),
+    "cli_from_quick_not_bool": (lambda t: main(["experiment", "--from",
+                                                _from_file(t, quick="false")]), 2, "from"),
+    "study_dir_other_config": (lambda t: run_study("beta_gamma", _study_dir(t), quick=True),
+                               ValueError, "--force"),
+    "study_dir_other_study": (lambda t: run_study("moebius", _study_dir(t), quick=True),
+                              ValueError, "beta_gamma"),
+    "val_shape_before_training": (lambda t: _fit(X, val=torch.zeros(20, 4)), ValueError,
+                                  "decoder"),
+    "no_points": (lambda t: inference.elbo_per_point(_vae(), _guide(_vae()), torch.zeros(0, 3)),
+                  ValueError, "x: expected at least one"),
+    "decoder_nan_at_evaluation": (lambda t: _nan_decoder_elbo(), FloatingPointError, "model"),
+    "noise_std_nan": (lambda t: data.make_dataset(mixings.Linear.orthogonal(2),
+                                                  priors.gaussian(2), n=40,
+                                                  noise_std=math.nan), ValueError, "noise_std"),
+    "moebius_pole_nan": (lambda t: mixings.Moebius(3, pole=[math.nan] * 3), ValueError, "pole"),
+    "uniform_infinite": (lambda t: priors.uniform(2, -math.inf, math.inf), ValueError, "low"),
+    "init_scale_tiny": (lambda t: models.DiagonalGuide(_vae(), models.MLP(3, 6),
+                                                       init_scale=1e-50), ValueError,
+                        "init_scale"),
+    "dataset_lengths_differ": (lambda t: data.load_dataset(_bad_dataset(t)), ValueError,
+                               "path"),
+    "gamma2_bool": (lambda t: models.GaussianVAE(models.MLP(3, 3), priors.gaussian(3), True),
+                    TypeError, "gamma2"),
+    "global_latent": (lambda t: inference.elbo_per_point(_global_latent, lambda x: pyro.sample(
+        "mu", pdist.Normal(0.0, 1.0)), X), ValueError, "'mu' is outside the 'data' plate"),
+    "no_data_plate": (lambda t: inference.importance_log_px(_no_plate, lambda x: None, X,
+                                                            num_samples=5), ValueError,
+                      "outside the 'data' plate"),
+    "model_not_callable": (lambda t: inference.elbo_per_point("m", lambda x: None, X),
+                           TypeError, "model"),
+    "refined_guide_other_points": (lambda t: _refined_other_points(), ValueError, "x"),
+    "user_data_not_2d": (lambda t: data.load_array(_npy(t, torch.zeros(5, 2, 2).numpy())),
+                         ValueError, "data"),
+    "user_data_nan": (lambda t: data.load_array(_npy(t, np.full((40, 2), np.nan))), ValueError,
+                      "data"),
 }
 
 
-def _corrupt_state(tmp):
-    import json
+def _npy(tmp, arr):
+    p = tmp / "x.npy"
+    np.save(p, arr)
+    return p
+
+
+def _bad_dataset(tmp):
+    ds = data.make_dataset(mixings.Linear.orthogonal(2), priors.gaussian(2), n=40)
+    bad = data.Dataset(data.Split(ds.train.x, ds.train.z[:-1]), ds.val, ds.test)
+    data.save_dataset(bad, tmp / "ds.pt")
+    return tmp / "ds.pt"
+
+
+def _run_dir(tmp, state=b"not a state", **config_edits):
+    """A run directory with a results.json (config edited by hand) and a given state.pt."""
     run = tmp / "run"
-    run.mkdir()
-    cfg = RunConfig(n=20, epochs=1, batch_size=4)
-    (run / "results.json").write_text(json.dumps({"kind": "pyro_ima.train",
-                                                  "config": cfg.to_dict()}))
-    (run / "state.pt").write_bytes(b"not a state")
-    return load_run(run)
+    run.mkdir(exist_ok=True)
+    cfg = {**RunConfig(n=40, epochs=1, batch_size=4).to_dict(), **config_edits}
+    for k in [k for k, v in config_edits.items() if v is _DROP]:
+        del cfg[k]
+    (run / "results.json").write_text(json.dumps({"kind": "pyro_ima.train", "run_id": "a" * 32,
+                                                  "config": cfg}))
+    if isinstance(state, dict):
+        torch.save(state, run / "state.pt")
+    else:
+        (run / "state.pt").write_bytes(state)
+    return run
+
+
+_DROP = object()
+
+
+def _state(run_id="a" * 32, **config_edits):
+    return {"kind": "pyro_ima.state", "run_id": run_id, "model": {}, "guide": {},
+            "config": {**RunConfig(n=40, epochs=1, batch_size=4).to_dict(), **config_edits}}
+
+
+def _study_dir(tmp, study="beta_gamma", quick=True):
+    out = tmp / "study"
+    out.mkdir(exist_ok=True)
+    (out / "study.json").write_text(json.dumps({"kind": "pyro_ima.study_dir", "study": study,
+                                                "quick": quick, "fingerprint": "0" * 20}))
+    return out
+
+
+def _from_file(tmp, **fields):
+    p = tmp / "results.json"
+    p.write_text(json.dumps({"kind": "pyro_ima.study", "study": "beta_gamma", **fields}))
+    return str(p)
+
+
+def _nan_decoder_elbo():
+    vae = models.GaussianVAE(lambda z: z * float("nan"), priors.gaussian(3), 10.0)
+    return inference.elbo_per_point(vae, _guide(vae), X)
+
+
+def _global_latent(x):
+    mu = pyro.sample("mu", pdist.Normal(0.0, 1.0))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", pdist.Normal(mu, 1.0).expand([3]).to_event(1), obs=x)
+
+
+def _no_plate(x):
+    pyro.sample("x", pdist.Normal(0.0, 1.0).expand([50, 3]).to_event(2), obs=x)
+
+
+def _locked_train(tmp):
+    out = tmp / "locked"
+    out.mkdir()
+    with DirLock(out):
+        return main(["train", "--n", "200", "--epochs", "1", "--out", str(out)])
+
+
+def _refined_other_points():
+    lg = LinearGaussian.random(2, 10.0)
+    vae = lg.vae()
+    x = lg.sample(6)
+    _, refined = inference.refine_elbo(vae, _guide(vae), x, return_guides=True,
+                                       config=inference.RefineConfig(steps=1))
+    return refined.loc(x.flip(0))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_is_refused_with_a_named_argument(case, tmp_path, capsys):
+def test_bad_input_is_refused_with_a_named_argument(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a CLI case must not write into the repository
     fn, expected, name = CASES[case]
     if expected == 2:  # the CLI: one line, exit status 2
         assert fn(tmp_path) == 2

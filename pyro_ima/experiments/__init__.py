@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import shutil
 import time
 from pathlib import Path
 
-from ..fileio import atomic_write_json, check_out_dir, package_versions
+from ..fileio import (
+    RUN_FILES,
+    STUDY_FILES,
+    DirLock,
+    atomic_write_json,
+    check_out_dir,
+    package_versions,
+    read_json,
+)
 from . import (
     beta_gamma,
     elbo_vs_lima,
@@ -17,9 +28,9 @@ from . import (
     self_consistency,
     sprites_study,
 )
-from .common import Runtime, run_sweep, write_table
+from .common import Runtime, SettingTask, run_sweep, setting_key, write_table
 
-__all__ = ["STUDIES", "run_study"]
+__all__ = ["STUDIES", "run_study", "study_fingerprint", "STUDY_FILES"]
 
 STUDIES = {"self_consistency": self_consistency, "elbo_vs_lima": elbo_vs_lima,
            "moebius": moebius, "linear_contrast": linear_contrast,
@@ -27,12 +38,61 @@ STUDIES = {"self_consistency": self_consistency, "elbo_vs_lima": elbo_vs_lima,
            "beta_gamma": beta_gamma, "sprites": sprites_study}
 
 
+def study_fingerprint(name: str, quick: bool, cfg, dtype: str) -> str:
+    """A hash of everything a study's numbers depend on: its name and size, its full config,
+    the dtype and the package version (cached settings of another fingerprint are not used)."""
+    from .. import __version__
+    text = json.dumps({"study": name, "quick": quick, "config": dataclasses.asdict(cfg),
+                       "dtype": dtype, "version": __version__}, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _outputs(out: Path) -> list[Path]:
+    """The study outputs present in ``out`` (files, the settings folder, every study's figures
+    and per-seed traversal figures)."""
+    found = [out / f for f in STUDY_FILES if (out / f).exists()]
+    for stem in STUDIES:
+        found += [p for p in (out / f"{stem}.png", out / f"{stem}.pdf") if p.exists()]
+    return found + sorted(out.glob("traversal_seed*.png"))
+
+
+def _claim(out: Path, name: str, quick: bool, fingerprint: str, force: bool) -> None:
+    """Make ``out`` this study's directory: resume one of the same fingerprint; refuse another
+    study, config or version (or a training run) unless ``force``, which clears it first."""
+    manifest = out / "study.json"
+    if manifest.exists():
+        held = read_json(manifest, "out")
+        if held.get("fingerprint") == fingerprint:
+            return
+        what = (f"study {held.get('study')!r} ({'quick' if held.get('quick') else 'full'} size)"
+                f"{' with another config or version' if held.get('study') == name else ''}")
+    else:
+        stale = [p.name for p in _outputs(out)] + [f for f in RUN_FILES if (out / f).exists()]
+        if not stale:
+            what = None
+        else:
+            what = f"other pyro-ima outputs ({', '.join(stale[:3])})"
+    if what is not None:
+        if not force:
+            raise ValueError(f"out: {str(out)!r} holds {what}; use --force to replace it or "
+                             f"choose another --out")
+        for p in dict.fromkeys(_outputs(out) + [out / f for f in RUN_FILES
+                                                if (out / f).exists()]):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    atomic_write_json(manifest, {"kind": "pyro_ima.study_dir", "study": name, "quick": quick,
+                                 "fingerprint": fingerprint})
+
+
 def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: bool = True,
-              device: str = "cpu", dtype: str = "float32") -> dict:
+              device: str = "cpu", dtype: str = "float32", force: bool = False) -> dict:
     """Run (or resume) study ``name``; write results.csv/json, the figure and a summary.
 
     Every setting runs with ``device`` and ``dtype`` as PyTorch's defaults (its data and
-    models are built there)."""
+    models are built there). Finished settings are cached under ``out/settings`` keyed by the
+    study's full config, dtype and package version: a rerun of the same study resumes, one of
+    another config is refused unless ``force`` (which clears the directory's study outputs),
+    and one process at a time writes ``out``.
+    """
     if name not in STUDIES:
         raise ValueError(f"name: expected one of {sorted(STUDIES)}, got {name!r}")
     mod = STUDIES[name]
@@ -40,18 +100,21 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: 
     out = check_out_dir(out_dir)
     rt = Runtime(progress=progress, device=device, dtype=dtype, out_dir=out)
     t = time.perf_counter()
-
-    def run_one(setting):
-        with rt.defaults():
-            return mod.run_setting(setting, cfg, rt)
-
-    rows = run_sweep(name, mod.settings(cfg), run_one, out, progress=progress)
-    summary = mod.summarize(rows)
-    meta = {"kind": "pyro_ima.study", "study": name, "quick": quick,
-            "config": dataclasses.asdict(cfg), "versions": package_versions(),
-            "summary": summary, "claim": mod.claim(summary)}
-    write_table(rows, out, meta)
-    mod.plot(rows, summary, out / name)
-    meta["seconds"] = time.perf_counter() - t
-    atomic_write_json(out / "summary.json", meta)
+    fingerprint = study_fingerprint(name, quick, cfg, dtype)
+    with DirLock(out):
+        _claim(out, name, quick, fingerprint, force)
+        (out / "settings").mkdir(exist_ok=True)
+        tasks = [SettingTask(name, quick, s, str(out / "settings" /
+                                                 f"{setting_key(s, fingerprint)}.json"),
+                             fingerprint, rt) for s in mod.settings(cfg)]
+        rows = run_sweep(tasks, desc=name, progress=progress)
+        summary = mod.summarize(rows)
+        meta = {"kind": "pyro_ima.study", "study": name, "quick": quick,
+                "fingerprint": fingerprint, "config": dataclasses.asdict(cfg),
+                "dtype": dtype, "device": device, "versions": package_versions(),
+                "summary": summary, "claim": mod.claim(summary), "table": mod.table(summary)}
+        write_table(rows, out, meta)
+        mod.plot(rows, summary, out / name)
+        meta["seconds"] = time.perf_counter() - t
+        atomic_write_json(out / "summary.json", meta)
     return meta

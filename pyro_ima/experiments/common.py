@@ -16,12 +16,13 @@ import torch
 
 from .. import data, inference, models
 from .._utils import parse_device, parse_dtype, torch_defaults
-from ..fileio import atomic_write_bytes, atomic_write_json
+from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_with
 from ..progress import EpochProgress, Progress
 
 __all__ = ["TrainingConfig", "Runtime", "grid_settings", "fit_values", "training_summary",
            "run_sweep", "write_table", "replica_datasets", "replica_vae", "setting_key",
-           "check_rows", "pyplot", "save_figure", "train"]
+           "check_rows", "pyplot", "save_figure", "train", "format_table", "SettingTask",
+           "execute_setting", "load_setting"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,21 @@ def training_summary(rows: list[dict]) -> dict:
     return {"replicas": len(by), "still_improving_at_cap": capped}
 
 
+def format_table(headers: Sequence[str], rows: Sequence[Sequence], title: str = "") -> str:
+    """A plain-text table (numbers to 4 significant digits) for a study's printed summary."""
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+    body = [[cell(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h)
+              for i, h in enumerate(headers)]
+    lines = [title] if title else []
+    lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
+    return "\n".join(lines)
+
+
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
@@ -116,16 +132,21 @@ def pyplot():
 
 
 def save_figure(fig, path_stem) -> None:
-    """Write ``fig`` as PNG and PDF next to each other, then close it."""
+    """Write ``fig`` as PNG and PDF next to each other (each atomically: a kill never leaves a
+    broken figure in place of a good one), then close it."""
     for ext in ("png", "pdf"):
-        fig.savefig(f"{path_stem}.{ext}", dpi=100)
+        atomic_write_with(f"{path_stem}.{ext}",
+                          lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=100))
     pyplot().close(fig)
 
 
-def setting_key(setting: dict) -> str:
-    """A stable file-name key for one setting of a sweep."""
-    text = json.dumps(setting, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def setting_key(setting: dict, fingerprint: str = "") -> str:
+    """A stable file-name key for one setting of a sweep under a study's ``fingerprint``."""
+    return _digest({"setting": setting, "fingerprint": fingerprint})[:16]
 
 
 def check_rows(rows: list[dict]) -> list[dict]:
@@ -138,37 +159,75 @@ def check_rows(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def run_sweep(name: str, settings: Sequence[dict], run_setting: Callable[[dict], list[dict]],
-              out_dir: str | Path, *, progress: bool = True) -> list[dict]:
-    """Run every setting not already finished under ``out_dir/settings/``; return all rows.
+def load_setting(path: Path, setting: dict, fingerprint: str) -> list[dict] | None:
+    """The rows of a finished setting, or ``None`` when its file is missing, unreadable, of
+    another setting or config, empty, or holds a non-finite value (then it is recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if saved.get("setting") != setting or saved.get("fingerprint") != fingerprint:
+            return None
+        rows = saved["rows"]
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+            return None
+        return check_rows(rows)
+    except (OSError, ValueError, KeyError, AttributeError, FloatingPointError):
+        return None
 
-    Each finished setting's rows are written atomically to their own file, so a sweep killed at
-    any moment restarts where it stopped, without duplicated or partial rows.
+
+@dataclass(frozen=True)
+class SettingTask:
+    """One setting of a study, everything a worker needs to compute and store it (picklable:
+    it can go to another process or machine)."""
+
+    study: str
+    quick: bool
+    setting: dict
+    path: str
+    fingerprint: str
+    runtime: Runtime
+
+
+def execute_setting(task: SettingTask) -> dict:
+    """Compute one setting where it runs and write its file there (atomically); returns
+    ``{"rows", "seconds"}``. The study, its config and the device come from ``task``."""
+    from . import STUDIES
+    mod = STUDIES[task.study]
+    cfg = mod.QUICK if task.quick else mod.FULL
+    t = time.perf_counter()
+    with task.runtime.defaults():
+        rows = check_rows(mod.run_setting(task.setting, cfg, task.runtime))
+    seconds = time.perf_counter() - t
+    for r in rows:
+        r["setting_seconds"] = round(seconds, 3)
+    atomic_write_json(task.path, {"setting": task.setting, "fingerprint": task.fingerprint,
+                                  "rows": rows, "seconds": seconds})
+    return {"rows": rows, "seconds": seconds}
+
+
+def run_sweep(tasks: Sequence[SettingTask], *, desc: str, progress: bool = True) -> list[dict]:
+    """Run every setting whose file is not already finished; return all rows in task order.
+
+    Each finished setting's rows are written atomically to their own file keyed by the setting
+    and the study's config, so a sweep killed at any moment restarts where it stopped, without
+    duplicated, partial or stale rows.
     """
-    done_dir = Path(out_dir) / "settings"
-    done_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-    bar = Progress(len(settings), name, lines=progress) if progress else None
-    for setting in settings:
-        path = done_dir / f"{setting_key(setting)}.json"
-        if path.exists():
-            try:
-                saved = json.loads(path.read_text())
-                if saved.get("setting") == setting:
-                    rows.extend(saved["rows"])
-                    continue
-            except (OSError, json.JSONDecodeError, KeyError):
-                pass  # unreadable: recompute
-        t = time.perf_counter()
-        new = check_rows(run_setting(setting))
-        atomic_write_json(path, {"setting": setting, "rows": new,
-                                 "seconds": time.perf_counter() - t})
-        rows.extend(new)
+    results: list[list[dict] | None] = [load_setting(Path(t.path), t.setting, t.fingerprint)
+                                        for t in tasks]
+    bar = Progress(len(tasks), desc) if progress else None
+    for i, task in enumerate(tasks):
+        if results[i] is None:
+            out = execute_setting(task)
+            results[i] = out["rows"]
+            note = f"{out['seconds']:.0f}s"
+        else:
+            note = "cached"
         if bar is not None:
-            bar.update(f"{time.perf_counter() - t:.0f}s")
+            bar.update(note)
     if bar is not None:
         bar.close()
-    return rows
+    return [r for rows in results for r in rows]
 
 
 def write_table(rows: list[dict], out_dir: str | Path, meta: dict) -> None:

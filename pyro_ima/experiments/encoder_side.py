@@ -1,7 +1,8 @@
 """Study 7 (new): an isotropic guide with learnable per-dimension observation noise.
 
-The conjecture (THEORY.md): with Sigma_x = gamma^-2 diag(tau^2), tau learned, an isotropic guide
-pays the *row* contrast c_row (the IMA contrast of the encoder side) instead of c_conf. Linear
+The conjecture (docs/theory.md, section 3): with Sigma_x = gamma^-2 diag(tau^2), tau learned, an
+isotropic guide pays the *row* contrast c_row (the IMA contrast of the encoder side) instead of
+c_conf. Linear
 decoders (d = 3, Gaussian latents, decoder fixed; exact at any gamma): ``W_row = diag(s) O``
 (rows orthogonal: c_row = 0, c_conf > 0) and a generic ``W`` (c_row > 0). For each, an isotropic
 guide (linear encoder) is trained with fixed isotropic noise and with learnable tau; the gap
@@ -29,6 +30,7 @@ from ..linear_gaussian import LinearGaussian
 from .common import (
     Runtime,
     TrainingConfig,
+    format_table,
     grid_settings,
     pyplot,
     replica_datasets,
@@ -175,6 +177,22 @@ def summarize(rows: list[dict]) -> dict:
     learned = [r for r in rows if r.get("part") == "learned_decoder"]
     if learned:
         out["learned_decoder"] = _summarize_learned(learned)
+    return out
+
+
+def table(summary: dict) -> str:
+    rows = [(k, v["gap"], v["c_conf"], v["c_row"], v.get("tau_error"))
+            for k, v in summary.items() if k != "learned_decoder"]
+    out = format_table(("decoder / noise", "gap", "c_conf", "c_row", "max tau error"), rows,
+                       "A: isotropic guide on fixed linear decoders (learned tau: the penalty "
+                       "should move from c_conf to c_row)")
+    learned = summary.get("learned_decoder")
+    if learned:
+        rows = [(name, float(c), v["mcc"], v["decoder_c_row"], v["decoder_c_ima"])
+                for name, s in learned.items() for c, v in s["per_contrast"].items()]
+        out += "\n" + format_table(("learner", "mixing c_row", "MCC", "decoder c_row",
+                                    "decoder c_IMA"), rows,
+                                   "B: learned decoders on sigma(W z) data with row contrast c")
     return out
 
 

@@ -20,7 +20,15 @@ import numpy as np
 import torch
 
 from .. import data, inference, metrics, mixings, models, priors
-from .common import Runtime, TrainingConfig, pyplot, replica_vae, save_figure, train
+from .common import (
+    Runtime,
+    TrainingConfig,
+    format_table,
+    pyplot,
+    replica_vae,
+    save_figure,
+    train,
+)
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
@@ -121,6 +129,22 @@ def summarize(rows: list[dict]) -> dict:
             learned.setdefault(f"{r['mixing']}/{r['family']}", []).append(r["value"])
     return {"fixed": fixed,
             "learned_mcc": {k: float(np.mean(v)) for k, v in sorted(learned.items())}}
+
+
+def table(summary: dict) -> str:
+    rows = []
+    for key, m in summary["fixed"].items():
+        dec, fam = key.split("/")
+        for g in m["approximation_gap"]:
+            rows.append((dec, fam, f"{float(g):g}", m["approximation_gap"][g],
+                         m["predicted_limit"][g]))
+    a = format_table(("decoder", "family", "gamma2", "log p - ELBO*", "predicted limit"), rows,
+                     "A: fixed decoders, the approximation gap of each family vs its limit "
+                     "(diagonal: C_IMA, isotropic: C_conf, full: 0)")
+    b = format_table(("mixing", "family", "MCC (mean over seeds)"),
+                     [(*k.split("/"), v) for k, v in summary["learned_mcc"].items()],
+                     "B: learned decoders, MCC by guide family")
+    return a + "\n" + b
 
 
 def claim(summary: dict) -> str:

@@ -20,6 +20,7 @@ from .common import (
     Runtime,
     TrainingConfig,
     fit_values,
+    format_table,
     grid_settings,
     pyplot,
     replica_datasets,
@@ -87,6 +88,14 @@ def summarize(rows: list[dict]) -> dict:
     rho = float(spearmanr(cm, mcc).statistic) if len(mcc) > 2 else float("nan")
     return {"per_contrast": per_c, "spearman_mcc_vs_mixing_c_ima": rho,
             "training": training_summary(rows)}
+
+
+def table(summary: dict) -> str:
+    rows = [(float(c), v["mixing_c_ima"], v["mcc"], v["decoder_c_ima"])
+            for c, v in summary["per_contrast"].items()]
+    return format_table(("target c", "mixing C_IMA", "MCC", "decoder c_IMA"), rows,
+                        f"MCC against the mixing's contrast (paper Fig. 3 right); Spearman "
+                        f"{summary['spearman_mcc_vs_mixing_c_ima']:.3f}")
 
 
 def claim(summary: dict) -> str:

@@ -16,6 +16,7 @@ from .common import (
     Runtime,
     TrainingConfig,
     fit_values,
+    format_table,
     grid_settings,
     pyplot,
     replica_datasets,
@@ -68,7 +69,8 @@ def _by_gamma(rows, metric):
     for r in rows:
         if r["metric"] == metric:
             out.setdefault(r["gamma2"], []).append(r["value"])
-    return {g: (float(np.mean(v)), float(np.std(v))) for g, v in sorted(out.items())}
+    return {g: {"mean": float(np.mean(v)), "sd": float(np.std(v)), "n": len(v)}
+            for g, v in sorted(out.items())}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -81,10 +83,18 @@ def claim(summary: dict) -> str:
     ref = {float(g): v for g, v in summary["reference_mcc"].items()}
     per = ", ".join(f"{float(g):g}: {m:.2f}" + (f" (ref {ref[float(g)]:.2f})"
                                                 if float(g) in ref else "")
-                    for g, (m, _) in mcc.items())
+                    for g, m in ((g, v["mean"]) for g, v in mcc.items()))
     gs = list(c)
-    return (f"MCC by gamma2 {per}; learned decoder c_IMA {c[gs[0]][0]:.3f} at gamma2="
-            f"{float(gs[0]):g} -> {c[gs[-1]][0]:.3f} at {float(gs[-1]):g}")
+    return (f"MCC by gamma2 {per}; learned decoder c_IMA {c[gs[0]]['mean']:.3f} at gamma2="
+            f"{float(gs[0]):g} -> {c[gs[-1]]['mean']:.3f} at {float(gs[-1]):g}")
+
+
+def table(summary: dict) -> str:
+    ref = {float(g): v for g, v in summary["reference_mcc"].items()}
+    rows = [(f"{float(g):g}", m["mean"], m["sd"], ref.get(float(g)), summary["c_ima"][g]["mean"])
+            for g, m in summary["mcc"].items()]
+    return format_table(("gamma2", "MCC mean", "MCC sd", "reference MCC", "decoder c_IMA"),
+                        rows, "Moebius: MCC and the learned decoder's c_IMA by gamma2")
 
 
 def plot(rows: list[dict], summary: dict, path_stem) -> None:
@@ -96,7 +106,7 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
         g, v = np.array(pts).T
         ax.semilogx(g, v, "o", alpha=0.4)
         s = summary[m]
-        ax.semilogx(list(s), [mu for mu, _ in s.values()], "k-", label="mean")
+        ax.semilogx(list(s), [v["mean"] for v in s.values()], "k-", label="mean")
         ax.set_xlabel("gamma^2")
         ax.set_ylabel(m)
     ref = summary["reference_mcc"]

@@ -23,6 +23,7 @@ from .common import (
     Runtime,
     TrainingConfig,
     fit_values,
+    format_table,
     grid_settings,
     pyplot,
     replica_datasets,
@@ -158,6 +159,21 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     ax.set_title("eq. 12: predicted vs learned")
     fig.tight_layout()
     save_figure(fig, path_stem)
+
+
+def table(summary: dict) -> str:
+    names = {"encoder_variance": ("encoder variance sigma^2", "-1"),
+             "reconstruction_error": ("||f(mu(x)) - x||", "about -1/2"),
+             "inverse_error": ("||mu(x) - g(x)||, learned g", "about -1/2"),
+             "true_inverse_error": ("||mu(x) - g(x)||, true g", "none (not IMA)")}
+    rows = [(label, summary[k]["slope"],
+             "{:.3f}..{:.3f}".format(*summary[k]["ci95"]), summary[k]["n"], expected)
+            for k, (label, expected) in names.items()]
+    out = format_table(("log-log slope against gamma2", "slope", "95% CI", "replicas",
+                        "Prop. 1"), rows, "Self-consistency (paper Fig. 2)")
+    ratio = summary["median_variance_ratio"]
+    return out + "\n" + format_table(("gamma2", "learned / predicted variance (median)"),
+                                      [(f"{float(g):g}", v) for g, v in ratio.items()])
 
 
 def claim(summary: dict) -> str:

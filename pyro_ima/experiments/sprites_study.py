@@ -20,7 +20,7 @@ import torch
 from .. import inference, metrics, models, priors, sprites
 from .._utils import seeded_rng
 from ..fileio import atomic_write_bytes
-from .common import Runtime, TrainingConfig, pyplot, save_figure, train
+from .common import Runtime, TrainingConfig, format_table, pyplot, save_figure, train
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim",
            "traversal", "plot_traversal"]
@@ -124,6 +124,14 @@ def summarize(rows: list[dict]) -> dict:
         vals = [r["value"] for r in final if r["metric"] == m]
         out[m] = float(np.mean(vals))
     return {"final": out, "epochs": last}
+
+
+def table(summary: dict) -> str:
+    f = summary["final"]
+    rows = [("all", f["mcc"])] + [(k, f[f"mcc_{k}"]) for k in sprites.FACTORS]
+    return format_table(("factor", "MCC"), rows,
+                        f"Sprites after {summary['epochs']} epochs (mean over seeds; decoder "
+                        f"c_IMA {f['c_ima']:.3f})")
 
 
 def claim(summary: dict) -> str:

@@ -254,7 +254,10 @@ def gap_report(vae: GaussianVAE, guide: AmortizedGaussianGuide, x, *, mixing=Non
                                            proposal="laplace", seed=seed + 2, mode=refine.mode)
     with torch.no_grad():
         mode = posterior_mode(vae, x, guide.loc(x), guide.bijection, config=refine.mode)
-        P = mode.precision
+        found = mode.found
+        # predictions only where a maximum was found (a singular or indefinite Hessian has none)
+        P = torch.where(found[..., None, None], mode.precision,
+                        torch.eye(vae.latent_dim, dtype=x.dtype, device=x.device))
         z = mode.u if guide.bijection is None else guide.bijection(mode.u)
         J = jacobian(vae.decoder, z)
     log_px = is_res.log_px
@@ -265,8 +268,9 @@ def gap_report(vae: GaussianVAE, guide: AmortizedGaussianGuide, x, *, mixing=Non
         rep["log_px_exact"] = exact_log_px(mixing, vae.prior, x)
     rep.update(gap=log_px - elbo.double(), amortization_gap=elbo_star - elbo,
                approximation_gap=log_px - elbo_star.double(),
-               predicted_gap=guide.predicted_gap(P),
-               predicted_variances=guide.predicted_variances(P),
+               predicted_gap=torch.where(found, guide.predicted_gap(P), torch.nan),
+               predicted_variances=torch.where(found.unsqueeze(-1),
+                                               guide.predicted_variances(P), torch.nan),
                c_ima=ima_contrast(J), c_conf=conformal_contrast(J))
     if J.shape[-1] == J.shape[-2]:  # the row contrast needs a square Jacobian
         rep["c_row"] = row_contrast(J)

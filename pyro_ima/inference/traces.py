@@ -112,7 +112,14 @@ def per_point_log_weights(model, guide, *args, num_particles: int = 1,
                                             replica_plate=replica_plate,
                                             **kwargs).max_plate_nesting
     with pyro.plate(PARTICLES, num_particles, dim=-(max_plate_nesting + 1)):
-        model_tr, guide_tr = _traces(model, guide, args, kwargs)
+        try:
+            model_tr, guide_tr = _traces(model, guide, args, kwargs)
+        except ValueError as e:  # Pyro's multi-line report of NaN/inf distribution parameters
+            if "Expected parameter" not in str(e):
+                raise
+            raise FloatingPointError(f"model: a distribution got NaN or inf parameters "
+                                     f"({str(e).splitlines()[0][:100]}); does the decoder or "
+                                     f"encoder return non-finite values?") from None
     key = "log_prob" if scaled else "unscaled_log_prob"
     has_replicas = any(replica_plate in {f.name for f in site["cond_indep_stack"]}
                        for tr in (model_tr, guide_tr) for _, site in _sample_sites(tr))

@@ -119,7 +119,7 @@ class AmortizedGaussianGuide(nn.Module):
 
     Each family also carries its maths for a Gaussian posterior of precision ``P``: the
     KL(q||p)-optimal covariance in the family (:meth:`optimal_covariance`), hence the predicted
-    encoder variances and the predicted gap (THEORY.md).
+    encoder variances and the predicted gap (docs/theory.md, section 3).
 
     The guide's methods (``loc``, ``covariance``, ``posterior``, ...) keep the batch shape of
     ``x``: ``(N, D)`` gives ``(N, ...)`` for a one-replica model, ``(R, N, D)`` gives

@@ -186,7 +186,8 @@ class VAE(nn.Module):
             x = x.to(self.dtype)
         if x.dim() == self.obs_event_dim + 1:
             x = x.expand((self.replicas,) + x.shape)
-        self.batch_size_of(x)
+        if self.batch_size_of(x) == 0:
+            raise ValueError("x: expected at least one data point, got none")
         return x
 
     def batch_size_of(self, x: torch.Tensor) -> int:
