@@ -157,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_force(p, "study or config")
     _add_device_args(p)
+    p.add_argument("--executor", choices=("local", "processes", "dask"), default="local",
+                   help="where settings run: this process, a pool of processes, or Dask (a "
+                        "LocalCluster, or the cluster at --scheduler)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (with --executor "
+                        "dask; its workers must see OUT)")
+    p.add_argument("--workers", type=_int_in(1, 4096), default=None,
+                   help="worker processes for processes or a local Dask cluster (default 2)")
+    p.add_argument("--threads-per-worker", type=_int_in(1, 1024), default=None,
+                   help="PyTorch threads per setting on a worker (default 1)")
     p = sub.add_parser("demo", help="the main job: closed-form gap check + a Moebius VAE, "
                                     "printed and drawn", formatter_class=_Help)
     p.add_argument("--out", default="runs/demo", help="output directory")
@@ -229,9 +239,14 @@ def _resolve_study(args) -> None:
 
 def _cmd_experiment(args) -> int:
     from .experiments import run_study
+    from .experiments.executors import Executor
     _resolve_study(args)
-    meta = run_study(args.name, args.out, quick=args.quick, progress=not args.quiet,
-                     device=args.device, dtype=args.dtype, force=args.force)
+    executor = Executor(args.executor, scheduler=args.scheduler, workers=args.workers,
+                        threads_per_worker=args.threads_per_worker)
+    with executor:
+        meta = run_study(args.name, args.out, quick=args.quick, progress=not args.quiet,
+                         device=args.device, dtype=args.dtype, force=args.force,
+                         executor=None if args.executor == "local" else executor)
     print(meta["table"])
     print(f"{args.name}: {meta['claim']} ({meta['seconds']:.0f}s) -> {args.out}")
     return 0

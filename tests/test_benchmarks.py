@@ -9,13 +9,21 @@ import pytest
 BENCH = Path(__file__).parent.parent / "benchmarks"
 
 
+SLOW = pytest.mark.slow  # fresh processes for memory, Dask clusters, many estimates
+
+
 @pytest.mark.parametrize("script,args,needle", [
-    ("bench_metrics.py", ["--points", "200", "--samples", "20"], "ratio library/baseline"),
+    pytest.param("bench_metrics.py", ["--points", "200", "--samples", "20"],
+                 "ratio library/baseline", marks=SLOW),
     ("bench_replicas.py", ["--replicas", "3", "--steps", "5", "--repeats", "1"], "speed-up"),
     ("bench_sprites.py", ["--n", "300", "--baseline-n", "100"], "max pixel difference 0"),
+    pytest.param("bench_sweep.py", ["--study", "beta_gamma"], "goal below 5%", marks=SLOW),
+    pytest.param("bench_estimators.py", ["--quick"], "approximation gap", marks=SLOW),
+    pytest.param("calibrate_reliability.py", ["--quick", "--points", "10"],
+                 "inference.reliability", marks=SLOW),
 ])
 def test_benchmark_runs(script, args, needle):
     r = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
-                       text=True, timeout=300)
+                       text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert needle in r.stdout

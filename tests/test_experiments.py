@@ -132,6 +132,7 @@ def test_beta_gamma_quick_gaps_collapse_onto_the_ratio(tmp_path):
     assert means[1e4] - means[1e2] > 0.4  # while different ratios differ
 
 
+@pytest.mark.slow  # about a minute: six settings of linear and learned decoders
 def test_encoder_side_quick_learned_noise_moves_the_penalty_to_the_rows(tmp_path):
     out = tmp_path / "es"
     assert main(["experiment", "encoder_side", "--quick", "--quiet", "--out", str(out)]) == 0

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from pyro_ima import data, inference, mixings, models, priors
@@ -34,6 +35,7 @@ def _sweep(out, **kw):
                              "--quick", "--quiet", "--out", str(out)], **kw)
 
 
+@pytest.mark.slow  # runs the quick elbo_vs_lima study three times in subprocesses
 def test_sweep_killed_with_sigkill_resumes_to_identical_results(tmp_path):
     ref = tmp_path / "ref"
     assert _sweep(ref).wait(timeout=600) == 0

@@ -159,7 +159,7 @@ def test_progress_in_a_log_is_plain_lines_and_tables_are_printed(tmp_path):
     assert "\r" not in r.stderr and "\x1b" not in r.stderr
     r = _cli("experiment", "beta_gamma", "--quick", "--out", str(tmp_path / "bg"))
     assert r.returncode == 0, r.stderr
-    assert "beta_gamma: 1/2" in r.stderr and "{" not in r.stderr  # no JSON dumps
+    assert "beta_gamma [local]: 1/2" in r.stderr and "{" not in r.stderr  # no JSON dumps
     assert "gamma2 / beta  beta  ELBO gap at gamma2 / beta" in r.stdout
 
 

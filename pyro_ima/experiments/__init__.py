@@ -84,21 +84,25 @@ def _claim(out: Path, name: str, quick: bool, fingerprint: str, force: bool) -> 
 
 
 def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: bool = True,
-              device: str = "cpu", dtype: str = "float32", force: bool = False) -> dict:
+              device: str = "cpu", dtype: str = "float32", force: bool = False,
+              executor=None) -> dict:
     """Run (or resume) study ``name``; write results.csv/json, the figure and a summary.
 
     Every setting runs with ``device`` and ``dtype`` as PyTorch's defaults (its data and
     models are built there). Finished settings are cached under ``out/settings`` keyed by the
     study's full config, dtype and package version: a rerun of the same study resumes, one of
     another config is refused unless ``force`` (which clears the directory's study outputs),
-    and one process at a time writes ``out``.
+    and one process at a time writes ``out``. ``executor`` runs the settings (``None``: this
+    process; see :mod:`~pyro_ima.experiments.executors`): workers compute and write their
+    settings, this process collects and summarizes.
     """
     if name not in STUDIES:
         raise ValueError(f"name: expected one of {sorted(STUDIES)}, got {name!r}")
     mod = STUDIES[name]
     cfg = mod.QUICK if quick else mod.FULL
     out = check_out_dir(out_dir)
-    rt = Runtime(progress=progress, device=device, dtype=dtype, out_dir=out)
+    rt = Runtime(progress=progress and executor is None, device=device, dtype=dtype,
+                 out_dir=out, threads=getattr(executor, "threads", None))
     t = time.perf_counter()
     fingerprint = study_fingerprint(name, quick, cfg, dtype)
     with DirLock(out):
@@ -107,7 +111,7 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: 
         tasks = [SettingTask(name, quick, s, str(out / "settings" /
                                                  f"{setting_key(s, fingerprint)}.json"),
                              fingerprint, rt) for s in mod.settings(cfg)]
-        rows = run_sweep(tasks, desc=name, progress=progress)
+        rows = run_sweep(tasks, desc=name, progress=progress, executor=executor)
         summary = mod.summarize(rows)
         meta = {"kind": "pyro_ima.study", "study": name, "quick": quick,
                 "fingerprint": fingerprint, "config": dataclasses.asdict(cfg),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import csv
 import hashlib
 import io
@@ -50,13 +51,15 @@ class Runtime:
 
     ``progress``: show per-fit progress on a terminal; ``device``/``dtype``: PyTorch's
     defaults while a setting builds its data and models (everything then follows the models);
-    ``out_dir``: for studies that write per-setting files (figures).
+    ``out_dir``: for studies that write per-setting files (figures); ``threads``: PyTorch
+    threads per setting (``None``: leave as is).
     """
 
     progress: bool = False
     device: str = "cpu"
     dtype: str = "float32"
     out_dir: Path | None = None
+    threads: int | None = None
 
     def defaults(self):
         """The context a setting runs in: its device and dtype as PyTorch's defaults."""
@@ -191,40 +194,86 @@ class SettingTask:
 
 def execute_setting(task: SettingTask) -> dict:
     """Compute one setting where it runs and write its file there (atomically); returns
-    ``{"rows", "seconds"}``. The study, its config and the device come from ``task``."""
+    ``{"rows", "seconds"}``. The study, its config, the device and the thread count come from
+    ``task``; PyTorch's global RNG and Pyro's parameter store are private to the setting."""
+    import pyro
+
     from . import STUDIES
     mod = STUDIES[task.study]
     cfg = mod.QUICK if task.quick else mod.FULL
+    if task.runtime.threads is not None:
+        torch.set_num_threads(task.runtime.threads)
     t = time.perf_counter()
-    with task.runtime.defaults():
+    with task.runtime.defaults(), torch.random.fork_rng(devices=[]), \
+            pyro.get_param_store().scope():
+        torch.manual_seed(int(_digest(task.setting)[:12], 16))  # nothing should draw from it
         rows = check_rows(mod.run_setting(task.setting, cfg, task.runtime))
     seconds = time.perf_counter() - t
     for r in rows:
         r["setting_seconds"] = round(seconds, 3)
-    atomic_write_json(task.path, {"setting": task.setting, "fingerprint": task.fingerprint,
-                                  "rows": rows, "seconds": seconds})
+    _store(task, rows, seconds)
     return {"rows": rows, "seconds": seconds}
 
 
-def run_sweep(tasks: Sequence[SettingTask], *, desc: str, progress: bool = True) -> list[dict]:
+def _store(task: SettingTask, rows: list[dict], seconds: float) -> None:
+    atomic_write_json(task.path, {"setting": task.setting, "fingerprint": task.fingerprint,
+                                  "rows": rows, "seconds": seconds})
+
+
+def run_sweep(tasks: Sequence[SettingTask], *, desc: str, progress: bool = True,
+              executor=None) -> list[dict]:
     """Run every setting whose file is not already finished; return all rows in task order.
 
     Each finished setting's rows are written atomically to their own file keyed by the setting
     and the study's config, so a sweep killed at any moment restarts where it stopped, without
-    duplicated, partial or stale rows.
+    duplicated, partial or stale rows. ``executor`` (``None``: this process, one setting after
+    another) is any ``concurrent.futures``-style executor, e.g. an
+    :class:`~pyro_ima.experiments.executors.Executor`; a worker lost mid-setting costs that
+    setting only (it runs again), and an executor that cannot go on raises
+    :class:`~pyro_ima.experiments.executors.ExecutorLost` after saving what finished.
     """
+    from .executors import ExecutorLost, lost_scheduler, lost_worker
     results: list[list[dict] | None] = [load_setting(Path(t.path), t.setting, t.fingerprint)
                                         for t in tasks]
-    bar = Progress(len(tasks), desc) if progress else None
-    for i, task in enumerate(tasks):
-        if results[i] is None:
-            out = execute_setting(task)
-            results[i] = out["rows"]
-            note = f"{out['seconds']:.0f}s"
-        else:
-            note = "cached"
+    name = getattr(executor, "name", type(executor).__name__ if executor else "local")
+    bar = Progress(len(tasks), f"{desc} [{name}]") if progress else None
+
+    def finished(i: int, out: dict) -> None:
+        results[i] = out["rows"]
+        if not Path(tasks[i].path).exists():  # a remote worker without a shared disk
+            _store(tasks[i], out["rows"], out["seconds"])
         if bar is not None:
-            bar.update(note)
+            bar.update(f"setting {out['seconds']:.0f}s")
+
+    for i in range(len(tasks)):
+        if results[i] is not None and bar is not None:
+            bar.update("cached")
+    todo = [i for i, r in enumerate(results) if r is None]
+    if executor is None or getattr(executor, "kind", None) == "local":
+        for i in todo:
+            finished(i, execute_setting(tasks[i]))
+        todo = []
+    restarts = 0
+    while todo:
+        futures = {executor.submit(execute_setting, tasks[i]): i for i in todo}
+        try:
+            for future in cf.as_completed(futures):
+                i = futures[future]
+                finished(i, future.result())
+                todo.remove(i)
+        except Exception as e:
+            done = len(tasks) - len(todo)
+            if lost_worker(e) and hasattr(executor, "restart") and restarts < 3:
+                restarts += 1  # a worker died: start the pool again for what is left
+                executor.restart()
+                todo = [i for i in todo if load_setting(Path(tasks[i].path), tasks[i].setting,
+                                                        tasks[i].fingerprint) is None]
+                continue
+            if lost_worker(e) or lost_scheduler(e):
+                raise ExecutorLost(f"executor: {name} went away after {done} of {len(tasks)} "
+                                   f"settings ({type(e).__name__}); they are saved, rerun to "
+                                   f"resume") from None
+            raise
     if bar is not None:
         bar.close()
     return [r for rows in results for r in rows]
