@@ -111,6 +111,59 @@ def test_per_replica_early_stopping_freezes_and_restores_best():
     assert any(s is not None for s in stop_epochs)
 
 
+def test_plateau_halving_is_per_replica_and_matches_lone_runs():
+    # patience 1 with two halvings: replicas hit plateaus at different epochs, halve their
+    # steps (back at their best state) and stop after the second halving's plateau; each
+    # replica's schedule is its own, so a batch equals its replicas trained alone.
+    ds = _data(n=400)
+    seeds, gammas = [0, 1, 2], torch.tensor([10.0, 1e4, 100.0])
+    kw = dict(epochs=25, batch_size=32, lr=3e-2, patience=1, lr_halvings=2)
+    vae_b, guide_b = _pair(replicas=3, seed=seeds, gamma2=gammas)
+    rb = inference.fit(vae_b, guide_b, ds.train, ds.val, seed=seeds, **kw)
+    assert int(rb.lr_halvings.max()) == 2 and int(rb.lr_halvings.min()) >= 1
+    pb = inference.trainable_parameters(vae_b, guide_b)
+    for r, s in enumerate(seeds):
+        vae, guide = _pair(seed=s, gamma2=float(gammas[r]))
+        rs = inference.fit(vae, guide, ds.train, ds.val, seed=s, **kw)
+        assert int(rs.lr_halvings[0]) == int(rb.lr_halvings[r])
+        assert int(rs.best_epoch[0]) == int(rb.best_epoch[r])
+        for k, p in inference.trainable_parameters(vae, guide).items():
+            assert_close(pb[k][r].reshape(p.shape), p.detach(), atol=2e-5, rtol=1e-4, msg=k)
+
+
+def test_plateau_schedule_and_min_delta():
+    ds = _data(n=300)
+    vae, guide = _pair(seed=0, gamma2=100.0)
+    r = inference.fit(vae, guide, ds.train, ds.val, epochs=8, batch_size=32, lr=1e-2,
+                      patience=1, lr_halvings=3, min_delta=1e9)  # only the first counts
+    # epoch 0 improves on -inf; epochs 1-3 are plateaus that halve, epoch 4's stops it
+    assert int(r.lr_halvings[0]) == 3 and r.epochs_run == 5
+    vals = [h["val_elbo"][0] for h in r.history]
+    assert int(r.best_epoch[0]) == vals.index(max(vals))  # best state: any rise at all
+    r0 = inference.fit(*_pair(seed=0, gamma2=100.0), ds.train, ds.val, epochs=8,
+                       batch_size=32, lr=1e-2, patience=1, min_delta=1e9)
+    assert int(r0.lr_halvings[0]) == 0 and r0.epochs_run == 2
+    with pytest.raises(ValueError, match="min_delta"):
+        inference.FitConfig(min_delta=-1.0)
+    with pytest.raises(ValueError, match="lr_halvings"):
+        inference.FitConfig(lr_halvings=-1)
+
+
+def test_a_halved_replica_takes_half_the_proposed_step_and_others_are_untouched():
+    from pyro_ima.inference.train import _Replicas
+    w = torch.nn.Parameter(torch.randn(3, 4, 5))
+    book = _Replicas({"w": w}, 3, inference.FitConfig(), optim=None)
+    book.step_scale[1] = 0.5
+    before = book._snapshot()
+    step = torch.randn(3, 4, 5)
+    with torch.no_grad():
+        w.add_(step)  # the optimizer's proposal
+    proposed = w.detach().clone()
+    assert book.after_step(1.0, None, before, epoch=0, step=0)
+    assert torch.equal(w[0], proposed[0]) and torch.equal(w[2], proposed[2])
+    assert_close(w[1], before["w"][1] + 0.5 * step[1], atol=1e-6)
+
+
 def test_elbo_per_point_does_not_depend_on_chunking():
     lg = linear_gaussian(d=3, gamma2=1e3)
     vae = lg.vae()

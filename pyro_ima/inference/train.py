@@ -38,8 +38,14 @@ class FitConfig:
         lr: Adam's learning rate (the default optimizer's).
         lr_end: with the default optimizer, decay the learning rate exponentially from ``lr``
             so that the last epoch runs at ``lr_end`` (``None``: constant).
-        patience: epochs without a validation improvement before a replica stops
+        patience: epochs without a validation improvement before a replica acts on the plateau:
+            it halves its step size while it has ``lr_halvings`` left, then stops
             (``None``: never stop early).
+        min_delta: how much (nats per point) the validation ELBO must rise above the replica's
+            best to count as an improvement; the rest is noise.
+        lr_halvings: how often a replica on a plateau halves its step size (and starts counting
+            patience anew from its best state) before it stops; each replica has its own
+            schedule, so replica ``r`` still trains exactly as a run with seed ``seed[r]``.
         val_particles: particles for the validation ELBO (fixed draws for the whole run).
         max_faults: numerical faults a replica may survive before it is marked failed.
     """
@@ -49,6 +55,8 @@ class FitConfig:
     lr: float = 1e-3
     lr_end: float | None = None
     patience: int | None = None
+    min_delta: float = 0.0
+    lr_halvings: int = 0
     val_particles: int = 1
     max_faults: int = 3
 
@@ -57,6 +65,10 @@ class FitConfig:
         check_int("batch_size", self.batch_size)
         check_int("val_particles", self.val_particles)
         check_int("max_faults", self.max_faults, minimum=0)
+        check_int("lr_halvings", self.lr_halvings, minimum=0)
+        if not (isinstance(self.min_delta, (int, float)) and math.isfinite(self.min_delta)
+                and self.min_delta >= 0):
+            raise ValueError(f"min_delta: expected a finite number >= 0, got {self.min_delta!r}")
         check_positive("lr", self.lr)
         if self.lr_end is not None:
             check_positive("lr_end", self.lr_end)
@@ -70,8 +82,10 @@ class FitResult:
 
     ``history`` has one dict per epoch: ``epoch``, ``train_elbo`` (mean per point and replica,
     from the SVI losses), ``val_elbo`` (one float per replica), ``active`` (replicas still
-    training). ``best_epoch`` is -1 and ``best_val_elbo`` NaN for a replica that never
-    validated. ``faults`` lists every numerical fault (``epoch``, ``step``, ``replica``,
+    training). ``lr_halvings`` counts each replica's plateau halvings of its step size
+    (``FitConfig.lr_halvings``); ``stopped_early`` says which replicas the plateau rule stopped
+    (the others ran out of epochs or failed). ``best_epoch`` is -1 and ``best_val_elbo`` NaN for a replica
+    that never validated. ``faults`` lists every numerical fault (``epoch``, ``step``, ``replica``,
     ``action``: ``"rollback"`` or ``"failed"``); ``failed`` says which replicas gave up (their
     parameters are their last good ones, and their numbers must not be used).
     """
@@ -79,6 +93,8 @@ class FitResult:
     failed: torch.Tensor
     best_epoch: torch.Tensor
     best_val_elbo: torch.Tensor
+    lr_halvings: torch.Tensor
+    stopped_early: torch.Tensor
     history: list[dict] = field(default_factory=list)
     faults: list[dict] = field(default_factory=list)
     epochs_run: int = 0
@@ -89,7 +105,7 @@ class FitResult:
     def to_dict(self) -> dict:
         """A JSON-ready copy (tensors as lists, NaN as ``None``)."""
         out = dataclasses.asdict(self)
-        for k in ("failed", "best_epoch", "best_val_elbo"):
+        for k in ("failed", "best_epoch", "best_val_elbo", "lr_halvings", "stopped_early"):
             out[k] = [None if isinstance(v, float) and math.isnan(v) else v
                       for v in getattr(self, k).tolist()]
         return out
@@ -116,6 +132,7 @@ class _Replicas:
         self.best_val = torch.full((R,), -math.inf, dtype=torch.float64, device="cpu")
         self.best_epoch = torch.full((R,), -1, dtype=torch.long, device="cpu")
         self.bad_epochs = torch.zeros(R, dtype=torch.long, device="cpu")
+        self.halvings = torch.zeros(R, dtype=torch.long, device="cpu")
         self.best_state = self._snapshot()
         self.good_state = self.best_state
         self.faults: list[dict] = []
@@ -165,11 +182,13 @@ class _Replicas:
     def after_step(self, step_loss: float, per_replica: torch.Tensor | None, before,
                    epoch: int, step: int) -> bool:
         """Handle reduced step sizes, faults and frozen replicas; True if the step counts."""
-        if before is not None:  # replicas after a fault take smaller steps
+        if before is not None:  # replicas after a fault or a plateau take smaller steps
+            scaled = self.step_scale < 1  # other rows stay bit-identical to a lone run
             with torch.no_grad():
                 for k, p in self.params.items():
                     s = self._rows(self.step_scale, p).to(p.dtype)
-                    p.copy_(before[k] + s * (p - before[k]))
+                    p.copy_(torch.where(self._rows(scaled, p), before[k] + s * (p - before[k]),
+                                        p))
         # A non-finite parameter makes the next loss non-finite, so parameters are checked
         # when the loss is (and at the end of every epoch), not after every step.
         bad = torch.zeros(self.R, dtype=torch.bool, device="cpu")
@@ -184,18 +203,28 @@ class _Replicas:
         return ok and math.isfinite(step_loss)
 
     def validate(self, v: torch.Tensor, epoch: int, step: int) -> None:
-        """Update best states and patience from the validation ELBO ``v`` ``(R,)``."""
+        """Update best states and patience from the validation ELBO ``v`` ``(R,)``; a replica
+        on a plateau halves its step (``lr_halvings`` times) and then stops."""
         v = v.double().cpu()
         self.fault(~torch.isfinite(v), epoch, step)
-        improved = self.active & (v > self.best_val) & torch.isfinite(v)
-        self.best_val = torch.where(improved, v, self.best_val)
-        self.best_epoch = torch.where(improved, epoch, self.best_epoch)
+        improved = self.active & (v > self.best_val + self.cfg.min_delta) & torch.isfinite(v)
+        # the best state is the best seen, even for a rise below min_delta
+        better = self.active & (v > self.best_val) & torch.isfinite(v)
+        self.best_val = torch.where(better, v, self.best_val)
+        self.best_epoch = torch.where(better, epoch, self.best_epoch)
         self.bad_epochs = torch.where(improved, 0, self.bad_epochs + 1)
         with torch.no_grad():
             for k, p in self.params.items():
-                self.best_state[k] = torch.where(self._rows(improved, p), p, self.best_state[k])
-        if self.cfg.patience is not None:
-            self.active &= self.bad_epochs < self.cfg.patience
+                self.best_state[k] = torch.where(self._rows(better, p), p, self.best_state[k])
+        if self.cfg.patience is None:
+            return
+        plateau = self.active & (self.bad_epochs >= self.cfg.patience)
+        halve = plateau & (self.halvings < self.cfg.lr_halvings)
+        self.halvings += halve.long()
+        self.step_scale = torch.where(halve, self.step_scale * 0.5, self.step_scale)
+        self.bad_epochs = torch.where(halve, 0, self.bad_epochs)
+        self._where(halve, self.best_state)  # back to the best state, then smaller steps
+        self.active &= ~(plateau & ~halve)
 
     def result(self, validated: bool, **fields) -> FitResult:
         """Restore each validated replica's best state; the final per-replica facts."""
@@ -203,6 +232,7 @@ class _Replicas:
             self._where(self.best_epoch >= 0, self.best_state)
         best_val = torch.where(self.best_epoch >= 0, self.best_val, math.nan)
         return FitResult(self.failed.clone(), self.best_epoch.clone(), best_val,
+                         self.halvings.clone(), ~self.active & ~self.failed,
                          faults=self.faults, **fields)
 
 
