@@ -276,30 +276,66 @@ def _random_upper_triangular(dim, g, shear=1.0, low=0.5, high=1.5):
 
 
 class TriangularMLP(Mixing):
-    """Creates ``f(z) = U_2 sigmoid(U_1 z + c)``, ``U_1``, ``U_2`` upper-triangular, invertible.
+    """Creates ``f(z) = a U_2 sigmoid(U_1 z + c)``, ``U_1``, ``U_2`` upper-triangular, invertible.
 
     The paper's non-IMA mixing for the gap study (its Fig. 3/4). Closed-form inverse
-    ``z = U_1^-1 (logit(U_2^-1 x) - c)``; ``log|det J| = log|det U_2| + sum log sigma'(h) +
-    log|det U_1|``. Both ``U`` have diagonals of magnitude in ``[0.5, 1.5]`` with random signs;
-    above the diagonal ``U_1`` has ``N(0, 1)`` entries (so the sigmoid stays unsaturated and
-    the map invertible in float32) and ``U_2`` ``N(0, shear^2)`` ones; ``c`` is zero. Its global
-    IMA contrast under a standard Gaussian prior grows like ``log(shear)``: ``C_IMA`` = 1.75 for
-    ``d = 2``, seed 0, ``shear = 10`` (the paper's mixing had 7.07; its weights are not
-    published).
+    ``z = U_1^-1 (logit(U_2^-1 x / a) - c)``; ``log|det J| = d log a + log|det U_2| +
+    sum log sigma'(h) + log|det U_1|``. Both ``U`` have diagonals of magnitude in ``[0.5, 1.5]``
+    with random signs; above the diagonal ``U_1`` has ``N(0, 1)`` entries (so the sigmoid stays
+    unsaturated) and ``U_2`` ``N(0, shear^2)`` ones; ``c`` is zero. Its global IMA contrast under
+    a standard Gaussian prior grows like ``log(shear)``: ``C_IMA`` = 1.75 for ``d = 2``, seed 0,
+    ``shear = 10``. :meth:`with_contrast` builds one with a given contrast, e.g. the paper's 7.07
+    (its weights are not published).
 
     Arguments:
         dim: ``d`` (the paper uses 2).
         seed: draws ``U_1``, ``U_2``.
-        shear: scale of the off-diagonal entries.
+        shear: scale of the off-diagonal entries of ``U_2``.
+        unit_columns: rescale ``U_2``'s columns to unit length, so that a strong shear makes
+            them nearly parallel (a large contrast) without also stretching the output: the
+            Jacobian's condition number is then about the least a contrast allows (~2 e^C in
+            2-D) instead of growing with ``shear^2``.
+        scale: ``a``, an output scale (it leaves every contrast unchanged and moves the
+            gamma2 at which the near-deterministic limit sets in by ``1 / a^2``).
     """
 
-    def __init__(self, dim: int, seed: int = 0, shear: float = 10.0):
+    def __init__(self, dim: int, seed: int = 0, shear: float = 10.0, *,
+                 unit_columns: bool = False, scale: float = 1.0):
         super().__init__(dim)
         check_positive("shear", shear)
+        check_positive("scale", scale)
         g = torch.Generator().manual_seed(seed)
         self.u1 = _random_upper_triangular(dim, g)  # mild: keeps sigmoid(U_1 z) unsaturated
-        self.u2 = _random_upper_triangular(dim, g, shear)
-        self.seed, self.shear = seed, float(shear)
+        u2 = _random_upper_triangular(dim, g, shear).double()
+        if unit_columns:
+            u2 = u2 / torch.linalg.vector_norm(u2, dim=0)
+        self.u2 = _default(u2 * scale)
+        self.seed, self.shear, self.unit_columns = seed, float(shear), bool(unit_columns)
+        self.scale = float(scale)
+
+    @classmethod
+    def with_contrast(cls, target: float, dim: int = 2, *, seed: int = 0, scale: float = 1.0,
+                      samples: int = 4000) -> TriangularMLP:
+        """The unit-column mixing of ``seed`` whose mean ``c_IMA`` over ``samples`` standard
+        Gaussian latents (a fixed draw, float64) is ``target``: its shear is found by Brent's
+        method on ``log(shear)``."""
+        from .metrics import ima_contrast, jacobian  # metrics imports this module
+
+        check_positive("target", target)
+        z = torch.randn(samples, dim, generator=torch.Generator().manual_seed(12345),
+                        dtype=torch.float32).double()
+
+        def excess(log_shear: float) -> float:
+            m = cls(dim, seed, math.exp(log_shear), unit_columns=True).to(dtype=torch.float64)
+            return float(ima_contrast(jacobian(m, z)).mean()) - target
+
+        lo, hi = math.log(1e-3), math.log(1e8)
+        if not excess(lo) < 0 < excess(hi):
+            raise ValueError(f"target: expected a contrast this mixing can reach "
+                             f"({excess(lo) + target:.3g} to {excess(hi) + target:.3g}), "
+                             f"got {target}")
+        shear = math.exp(brentq(excess, lo, hi, xtol=1e-10))
+        return cls(dim, seed, shear, unit_columns=True, scale=scale)
 
     def _call(self, z):
         self._check(z)
@@ -319,6 +355,7 @@ class TriangularMLP(Mixing):
 
     def _repr_params(self):
         return {"dim": self.dim, "seed": self.seed, "shear": self.shear,
+                "unit_columns": self.unit_columns, "scale": self.scale,
                 "u1": self.u1.tolist(), "u2": self.u2.tolist()}
 
 

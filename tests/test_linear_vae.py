@@ -73,3 +73,40 @@ def test_fit_reaches_closed_form_optimum(family):
     if family != "full":
         # far from the full family's 0: the check discriminates
         assert lg.gap(models.GUIDES[family]) > 0.6
+
+
+def test_noise_scales_tau_whiten_the_model():
+    # x = W z + e, e ~ N(0, gamma^-2 diag(tau^2)) is x' = x / tau under W' = diag(1/tau) W with
+    # unit noise: log p moves by -sum log tau, and every family's gap is unchanged.
+    from pyro_ima.linear_gaussian import optimal_tau  # noqa: F401  (public)
+    g = torch.Generator().manual_seed(4)
+    W = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    tau = torch.tensor([0.3, 1.0, 2.5], dtype=torch.float64)
+    lg, white = LinearGaussian(W, 1e2, tau=tau), LinearGaussian(W / tau[:, None], 1e2)
+    x = lg.sample(6)
+    assert_close(lg.log_px(x), white.log_px(x / tau) - tau.log().sum(), atol=1e-10)
+    for family in (models.DiagonalGuide, models.IsotropicGuide, models.FullCovGuide):
+        assert_close(lg.gap(family), white.gap(family), atol=1e-10)
+    assert float(lg.gap(models.IsotropicGuide)) > 0.1
+    # E[log p(x)] under the model's own data is minus its entropy
+    ent = torch.distributions.MultivariateNormal(torch.zeros(3, dtype=torch.float64),
+                                                 lg.cov_x).entropy()
+    assert_close(lg.expected_log_px(), -ent, atol=1e-10)
+
+
+def test_optimal_tau_moves_the_isotropic_penalty_to_the_encoder_rows():
+    # THEORY.md's third conjecture, exactly: learned per-dimension noise with an isotropic
+    # encoder leaves the row contrast of W (c_row) as the gap in the limit, and none for
+    # orthogonal rows, where tau* is the row norms (geometric mean 1).
+    from pyro_ima.linear_gaussian import optimal_tau
+    from pyro_ima.metrics import conformal_contrast, row_contrast
+    W = torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    tau, gap = optimal_tau(W, 1e8, models.IsotropicGuide)
+    assert abs(gap - float(row_contrast(W))) < 1e-3
+    assert gap < float(conformal_contrast(W)) - 0.1  # learned tau beats isotropic noise
+    q, _ = torch.linalg.qr(W)
+    Wr = torch.diag(torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)) @ q
+    tau, gap = optimal_tau(Wr, 1e3, models.IsotropicGuide)
+    norms = Wr.norm(dim=1)
+    assert abs(gap) < 1e-8
+    assert_close(tau, norms / norms.log().mean().exp(), atol=1e-5)

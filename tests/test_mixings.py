@@ -1,5 +1,7 @@
 """Generic properties of every mixing: inverse, log|det J| against autograd, shapes, seeds."""
 
+import math
+
 import pytest
 import torch
 from conftest import assert_close
@@ -143,3 +145,20 @@ def test_inverse_smooth_leaky_relu_round_trip():
     x = torch.linspace(-30, 30, 1001, dtype=torch.float64)
     y = torch.lerp(torch.nn.functional.softplus(x), x, 0.2)
     assert_close(mixings.inverse_smooth_leaky_relu(y, 0.2, tol=1e-12), x, atol=1e-9)
+
+
+def test_triangular_with_contrast_hits_target_and_inverts_in_float64():
+    f = mixings.TriangularMLP.with_contrast(7.07, 2, seed=0).to(dtype=torch.float64)
+    z = torch.randn(4000, 2, generator=torch.Generator().manual_seed(12345)).double()
+    J = metrics.jacobian(f, z)
+    assert abs(float(metrics.ima_contrast(J).mean()) - 7.07) < 1e-6
+    zz = torch.randn(500, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert_close(f.inv(f(zz)), zz, atol=1e-6)
+    # the output scale moves no contrast and adds d log a to log|det J|
+    g = mixings.TriangularMLP.with_contrast(7.07, 2, seed=0, scale=100.0).to(dtype=torch.float64)
+    assert_close(metrics.ima_contrast(metrics.jacobian(g, zz)),
+                 metrics.ima_contrast(metrics.jacobian(f, zz)), rtol=1e-5)  # float32 weights
+    assert_close(g.log_abs_det_jacobian(zz, None) - f.log_abs_det_jacobian(zz, None),
+                 torch.full((500,), 2 * math.log(100.0), dtype=torch.float64), atol=1e-5)
+    with pytest.raises(ValueError, match="target"):
+        mixings.TriangularMLP.with_contrast(1e6, 2)

@@ -136,12 +136,23 @@ def posterior_mode(vae: GaussianVAE, x: torch.Tensor, start: torch.Tensor, bijec
             break
         it += 1
         step, lam = _damped_solve(-H, g, lam)
-        u_new = u + step
+        # Backtrack along the step: on a curved ridge (an ill-conditioned posterior) the full
+        # Newton step leaves the ridge, and raising the damping alone would shrink the step
+        # along the ridge to a crawl. The largest of 1, 1/2, ..., 1/256 that does not lower
+        # the log density is taken; if none does, the damping rises for the next step.
+        ok = torch.zeros_like(done)
+        u_next = u
         with torch.no_grad():
-            v_new = f(u_new)
-        ok = torch.isfinite(v_new) & torch.isfinite(u_new).all(-1) & ~done & \
-            (v_new >= value - floor * value.abs())
-        u = torch.where(ok.unsqueeze(-1), u_new, u)
+            for t in (2.0 ** -k for k in range(9)):
+                u_new = u + t * step
+                v_new = f(u_new)
+                take = torch.isfinite(v_new) & torch.isfinite(u_new).all(-1) & ~done & ~ok & \
+                    (v_new >= value - floor * value.abs())
+                u_next = torch.where(take.unsqueeze(-1), u_new, u_next)
+                ok |= take
+                if bool((ok | done).all()):
+                    break
+        u = u_next
         lam = torch.where(ok, lam / 10, torch.clamp(lam * 10, min=1e-3))
         lam = torch.where(lam < 1e-6, torch.zeros_like(lam), lam)
         value, g, H = value_grad_hessian(f, u)
