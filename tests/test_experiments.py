@@ -28,7 +28,7 @@ def test_self_consistency_quick_slope_and_files(self_consistency_run):
     for f in ("results.csv", "results.json", "self_consistency.png", "self_consistency.pdf"):
         assert (out / f).exists()
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert len(rows) == 3 * 3 * 9  # gamma2 x seeds x metrics (7 measured + 2 training facts)
+    assert len(rows) == 3 * 3 * 11  # gamma2 x seeds x metrics (7 measured + 4 training facts)
     # the encoder converges to the learned decoder's inverse (Prop. 1: slope about -1/2)
     assert summary["summary"]["inverse_error"]["slope"] < 0
     assert summary["summary"]["training"]["replicas"] == 9
@@ -66,10 +66,10 @@ def test_elbo_vs_lima_quick_gap_tends_to_c_ima(tmp_path):
     assert main(["experiment", "elbo_vs_lima", "--quick", "--quiet", "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())["summary"]
     tri, orth = s["triangular"], s["orthogonal"]
-    top = max(tri["approximation_gap"], key=float)
+    top = max(tri["gap_exact"], key=float)
     c_ima = tri["c_ima"][top]
     assert c_ima > 1.0
-    assert abs(tri["approximation_gap"][top] / c_ima - 1) < 0.1  # log p - ELBO* -> C_IMA
+    assert abs(tri["gap_exact"][top] / c_ima - 1) < 0.1  # log p - ELBO* -> C_IMA
     assert abs(tri["elbo_star"][top] - tri["l_ima"][top]) < 0.1  # ELBO* -> L_IMA
     assert abs(orth["approximation_gap"][top]) < 0.05  # IMA class: the gap closes
     low = min(tri["approximation_gap"], key=float)
@@ -186,4 +186,9 @@ def test_grid_settings_chunks_the_whole_grid_and_training_summary_counts_capped_
         rows += [{"seed": seed, "replica": seed, "metric": "best_epoch", "value": best},
                  {"seed": seed, "replica": seed, "metric": "epochs_run", "value": 10.0},
                  {"seed": seed, "replica": seed, "metric": "mcc", "value": 0.5}]
-    assert training_summary(rows) == {"replicas": 2, "still_improving_at_cap": 1}
+    assert training_summary(rows) == {"replicas": 2, "still_improving_at_cap": 1,
+                                      "epochs_run": 10.0}
+    # with the plateau schedule's own record: stopped_early 0 means the cap ended the fit
+    rows += [{"seed": 0, "replica": 0, "metric": "stopped_early", "value": 1.0},
+             {"seed": 1, "replica": 1, "metric": "stopped_early", "value": 0.0}]
+    assert training_summary(rows)["still_improving_at_cap"] == 1  # now seed 1, not seed 0

@@ -17,8 +17,9 @@ import torch
 
 from .. import data, inference, models
 from .._utils import parse_device, parse_dtype, torch_defaults
-from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_with
+from ..fileio import atomic_write_bytes, atomic_write_json
 from ..progress import EpochProgress, Progress
+from .figures import pyplot, save_figure
 
 __all__ = ["TrainingConfig", "Runtime", "grid_settings", "fit_values", "training_summary",
            "run_sweep", "write_table", "replica_datasets", "replica_vae", "setting_key",
@@ -37,11 +38,14 @@ class TrainingConfig:
     batch_size: int = 64
     lr: float = 1e-3
     lr_end: float | None = None
+    min_delta: float = 0.0
+    lr_halvings: int = 0
 
     def fit_config(self, **overrides) -> inference.FitConfig:
         """The :class:`~pyro_ima.inference.FitConfig` of these fields."""
         fields = dict(epochs=self.epochs, patience=self.patience, batch_size=self.batch_size,
-                      lr=self.lr, lr_end=self.lr_end)
+                      lr=self.lr, lr_end=self.lr_end, min_delta=self.min_delta,
+                      lr_halvings=self.lr_halvings)
         return inference.FitConfig(**{**fields, **overrides})
 
 
@@ -93,22 +97,28 @@ def grid_settings(values: Sequence, seeds: Sequence[int], per_setting: int, *,
 
 
 def fit_values(fit) -> dict[str, torch.Tensor]:
-    """Per-replica training facts ``(R,)`` for the tidy table: the best epoch (the state kept)
-    and the number of epochs run; ``best_epoch == epochs_run - 1`` means the replica was still
-    improving when the epoch cap stopped it."""
+    """Per-replica training facts ``(R,)`` for the tidy table: the best epoch (the state kept),
+    the number of epochs run, the plateau halvings of the step size and whether the plateau
+    rule stopped the replica (``stopped_early`` 0: it was still training when the epoch cap
+    ended the fit)."""
     best = fit.best_epoch.double()
-    return {"best_epoch": best, "epochs_run": torch.full_like(best, float(fit.epochs_run))}
+    return {"best_epoch": best, "epochs_run": torch.full_like(best, float(fit.epochs_run)),
+            "lr_halvings": fit.lr_halvings.double(), "stopped_early": fit.stopped_early.double()}
 
 
 def training_summary(rows: list[dict]) -> dict:
-    """How many replicas were still improving at the epoch cap (see :func:`fit_values`)."""
+    """How the replicas' training ended: ``still_improving_at_cap`` counts those the epoch cap
+    stopped while still training (see :func:`fit_values`), ``epochs_run`` the longest fit."""
     by = {}
     for r in rows:
-        if r["metric"] in ("best_epoch", "epochs_run"):
+        if r["metric"] in ("best_epoch", "epochs_run", "stopped_early"):
             key = tuple(sorted((k, v) for k, v in r.items() if k not in ("metric", "value")))
             by.setdefault(key, {})[r["metric"]] = r["value"]
-    capped = sum(1 for v in by.values() if v["best_epoch"] >= v["epochs_run"] - 1)
-    return {"replicas": len(by), "still_improving_at_cap": capped}
+    capped = sum(1 for v in by.values()
+                 if (v["stopped_early"] == 0 if "stopped_early" in v
+                     else v["best_epoch"] >= v["epochs_run"] - 1))
+    return {"replicas": len(by), "still_improving_at_cap": capped,
+            "epochs_run": max((v["epochs_run"] for v in by.values()), default=0)}
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence], title: str = "") -> str:
@@ -124,23 +134,6 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence], title: str = 
     lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
     return "\n".join(lines)
-
-
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def save_figure(fig, path_stem) -> None:
-    """Write ``fig`` as PNG and PDF next to each other (each atomically: a kill never leaves a
-    broken figure in place of a good one), then close it."""
-    for ext in ("png", "pdf"):
-        atomic_write_with(f"{path_stem}.{ext}",
-                          lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=100))
-    pyplot().close(fig)
 
 
 def _digest(obj) -> str:

@@ -18,17 +18,19 @@ from .common import (
     fit_values,
     format_table,
     grid_settings,
-    pyplot,
     replica_datasets,
     replica_vae,
     save_figure,
     train,
     training_summary,
 )
+from .figures import GAMMA2, SWEEP, caption, errorbar_by, pyplot
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim"]
 
-REFERENCE_MCC = {1e1: 0.15, 1e2: 0.15, 1e3: 0.71, 1e4: 0.96, 1e5: 0.96}
+# The public 20-seed sweep of the official code (mean MCC; sd where it was reported).
+REFERENCE_MCC = {1e1: 0.15, 1e2: 0.15, 1e3: 0.71, 1e4: 0.961, 1e5: 0.960}
+REFERENCE_SD = {1e4: 0.008}
 
 
 @dataclass(frozen=True)
@@ -99,20 +101,31 @@ def table(summary: dict) -> str:
 
 def plot(rows: list[dict], summary: dict, path_stem) -> None:
     plt = pyplot()
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, m in zip(axes, ("mcc", "c_ima"), strict=True):
-        pts = [(r["gamma2"], r["value"]) for r in rows if r["metric"] == m]
-        g, v = np.array(pts).T
-        ax.semilogx(g, v, "o", alpha=0.4)
-        s = summary[m]
-        ax.semilogx(list(s), [v["mean"] for v in s.values()], "k-", label="mean")
-        ax.set_xlabel("gamma^2")
-        ax.set_ylabel(m)
-    ref = summary["reference_mcc"]
-    axes[0].semilogx(list(ref), list(ref.values()), "r--", label="official code (reference)")
-    axes[0].legend(fontsize=8)
-    axes[0].set_title("Moebius: MCC vs gamma^2")
-    axes[1].set_title("learned decoder's c_IMA")
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.3))
+    ax = axes[0]
+    errorbar_by(ax, [(r["gamma2"], r["value"]) for r in rows if r["metric"] == "mcc"],
+                label="ours: mean $\\pm$ sd over seeds", color="C0")
+    ref = {float(g): v for g, v in summary["reference_mcc"].items()}
+    ax.errorbar(list(ref), list(ref.values()),
+                yerr=[REFERENCE_SD.get(g, 0.0) for g in ref], fmt="s--", color="C3", ms=4,
+                capsize=3, label="official code, 20 seeds")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(GAMMA2)
+    ax.set_ylabel("MCC (Pearson) between true and inferred latents")
+    ax.legend(loc="lower right")
+    ax = axes[1]
+    errorbar_by(ax, [(r["gamma2"], r["value"]) for r in rows if r["metric"] == "c_ima"],
+                label="learned decoder", color="C0")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(GAMMA2)
+    ax.set_ylabel(r"$c_{\mathrm{IMA}}$ of the learned decoder (nats)")
+    n = summary["mcc"][next(iter(summary["mcc"]))]["n"]
+    caption(fig, f"Moebius mixing (d = 3, uniform source and prior, diagonal Gaussian "
+                 f"encoder), {n} seeds per gamma^2: as the decoder becomes near-deterministic "
+                 f"its Jacobian's columns become orthogonal (right) and the latents are "
+                 f"recovered (left; dots: seeds, bars: mean +- sd). Red: the paper's Fig. 3 "
+                 f"(left) setting in {SWEEP}.")
     fig.tight_layout()
     save_figure(fig, path_stem)
