@@ -1,8 +1,9 @@
 """The linear Gaussian VAE in closed form: the oracle for every gap and likelihood check.
 
 ``x = W z + b + e``, ``z ~ N(0, I_d)``, ``e ~ N(0, gamma^-2 diag(tau^2))`` (``tau = 1``: the
-paper's isotropic noise; docs/theory.md; paper appendix 10.1). Everything here is exact at any ``gamma``, computed in float64 from ``W`` directly, and
-written independently of the guide families' own maths (which it serves to test).
+paper's isotropic noise; docs/theory.md; paper appendix 10.1). Everything here is exact at
+any ``gamma``, computed in float64 from ``W`` directly, and written independently of the
+guide families' own maths (which it serves to test).
 """
 
 from __future__ import annotations

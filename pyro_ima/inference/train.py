@@ -84,10 +84,11 @@ class FitResult:
     from the SVI losses), ``val_elbo`` (one float per replica), ``active`` (replicas still
     training). ``lr_halvings`` counts each replica's plateau halvings of its step size
     (``FitConfig.lr_halvings``); ``stopped_early`` says which replicas the plateau rule stopped
-    (the others ran out of epochs or failed). ``best_epoch`` is -1 and ``best_val_elbo`` NaN for a replica
-    that never validated. ``faults`` lists every numerical fault (``epoch``, ``step``, ``replica``,
-    ``action``: ``"rollback"`` or ``"failed"``); ``failed`` says which replicas gave up (their
-    parameters are their last good ones, and their numbers must not be used).
+    (the others ran out of epochs or failed). ``best_epoch`` is -1 and ``best_val_elbo`` NaN
+    for a replica that never validated. ``faults`` lists every numerical fault (``epoch``,
+    ``step``, ``replica``, ``action``: ``"rollback"`` or ``"failed"``); ``failed`` says which
+    replicas gave up (their parameters are their last good ones, and their numbers must not be
+    used).
     """
 
     failed: torch.Tensor
