@@ -7,7 +7,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from .._utils import check_finite_tensor, check_int, derive_seed, generator, seeded_rng
-from ..models.guides import AmortizedGaussianGuide
+from ..models.guides import AmortizedGaussianGuide, narrow_guide
 from ..models.vae import VAE, squeezes_replicas
 from .traces import per_point_log_weights, plate_structure
 
@@ -154,7 +154,8 @@ def vae_elbo_per_point(vae: VAE, guide: AmortizedGaussianGuide, x, *, num_partic
         for start in range(0, n, chunk_size):
             xs = x.narrow(1, start, min(chunk_size, n - start))
             es = eps.narrow(-2, start, xs.shape[1])
-            out.append(log_weights(vae, guide, xs, es, beta_weighted=beta_weighted).mean(0))
+            gs = narrow_guide(guide, start, xs.shape[1])
+            out.append(log_weights(vae, gs, xs, es, beta_weighted=beta_weighted).mean(0))
     return torch.cat(out, dim=-1)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from .._utils import as_tensor_on, check_int, check_positive, generator
 from ..metrics import jacobian
-from ..models.guides import AmortizedGaussianGuide, gaussian_posterior
+from ..models.guides import AmortizedGaussianGuide, gaussian_posterior, narrow_guide
 from ..models.vae import VAE, GaussianVAE, squeezes_replicas
 from .elbo import _check_callables, _generic_log_weights, as_replica_batch, log_weights
 from .posterior import ModeConfig, mahalanobis, posterior_mode
@@ -290,10 +290,11 @@ def vae_importance_log_px(vae: VAE, guide: AmortizedGaussianGuide, x, *,
     for start in range(0, n, chunk_points):
         xs = x.narrow(1, start, min(chunk_points, n - start))
         b = xs.shape[1]
+        gs = narrow_guide(guide, start, b)
         with torch.no_grad():
-            loc = guide.loc(xs)
+            loc = gs.loc(xs)
             m = posterior_mode(vae, xs, loc, guide.bijection, config=mode)
-            L_guide = guide.scale_tril(xs)
+            L_guide = gs.scale_tril(xs)
             if proposal == "guide":
                 center, L = loc, L_guide * widen
             else:  # the Laplace Gaussian at the mode; the guide where no mode was found
