@@ -183,6 +183,8 @@ CASES = {
     "no_data_plate": (lambda t: inference.importance_log_px(_no_plate, lambda x: None, X,
                                                             num_samples=5), ValueError,
                       "outside the 'data' plate"),
+    "guide_sites_not_model_latents": (lambda t: inference.elbo_per_point(
+        _local_latent, _guide_w, X), ValueError, "guide: its sample sites"),
     "model_not_callable": (lambda t: inference.elbo_per_point("m", lambda x: None, X),
                            TypeError, "model"),
     "refined_guide_other_points": (lambda t: _refined_other_points(), ValueError, "x"),
@@ -253,6 +255,17 @@ def _global_latent(x):
     mu = pyro.sample("mu", pdist.Normal(0.0, 1.0))
     with pyro.plate("data", x.shape[0]):
         pyro.sample("x", pdist.Normal(mu, 1.0).expand([3]).to_event(1), obs=x)
+
+
+def _local_latent(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", pdist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        pyro.sample("x", pdist.Normal(z, 1.0).to_event(1), obs=x)
+
+
+def _guide_w(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("w", pdist.Normal(x, 1.0).to_event(1))
 
 
 def _no_plate(x):
