@@ -67,14 +67,14 @@ def test_refined_guides_work_with_every_chunked_estimator_point_by_point():
     assert_close(elbo, truth, atol=1e-6)
     for proposal in ("guide", "laplace"):
         res = inference.importance_log_px(vae, refined, x, num_samples=5, proposal=proposal,
-                                          chunk_points=7)
+                                          chunk_size=7)
         assert_close(res.log_px, truth, atol=1e-6)
     again = inference.refine_elbo(vae, refined, x, config=inference.RefineConfig(steps=0),
                                   chunk_size=4)
     assert_close(again, truth, atol=1e-6)
     # the same table under another guide object (as the beta_gamma study builds it)
     q = models.FullCovGuide(vae, refined.encoder)
-    assert_close(inference.importance_log_px(vae, q, x, num_samples=5, chunk_points=4).log_px,
+    assert_close(inference.importance_log_px(vae, q, x, num_samples=5, chunk_size=4).log_px,
                  truth, atol=1e-6)
     m = inference.evaluate(vae, refined, x, config=inference.EvalConfig(points=9, is_samples=5,
                                                                          elbo_particles=2),
@@ -85,7 +85,7 @@ def test_refined_guides_work_with_every_chunked_estimator_point_by_point():
     with pytest.raises(ValueError, match="x: this refined guide holds the parameters of the 5"):
         refined.narrow(7, 5).loc(x[8:13])
     with pytest.raises(ValueError, match="x: this refined guide"):
-        inference.importance_log_px(vae, refined, x.flip(0), num_samples=5, chunk_points=7)
+        inference.importance_log_px(vae, refined, x.flip(0), num_samples=5, chunk_size=7)
     with pytest.raises(ValueError, match="length"):
         refined.narrow(20, 5)
 
@@ -139,7 +139,7 @@ def test_laplace_is_matches_quadrature_with_a_guide_trained_by_fit(name, g2, K, 
     inference.fit(vae, guide, ds.train, ds.val, epochs=3, lr=3e-3, seed=0)
     x, z = ds.test.x[:20], ds.test.z[:20]
     res = inference.importance_log_px(vae, guide, x, num_samples=K, proposal="laplace",
-                                      chunk_samples=2500, khat_warn=1.0)
+                                      sample_chunk=2500, khat_warn=1.0)
     exact = quadrature_log_px(gaussian_log_joint(f, p0, g2), x, z)
     err = (res.log_px - exact).abs()
     assert bool(res.mode_found.all())

@@ -12,7 +12,7 @@ from .._utils import check_int, check_positive, generator
 from ..metrics import conformal_contrast, ima_contrast, jacobian, row_contrast
 from ..models.guides import AmortizedGaussianGuide, narrow_guide
 from ..models.vae import VAE, GaussianVAE, squeezes_replicas
-from .elbo import as_replica_batch, vae_elbo_per_point
+from .elbo import as_replica_batch, check_chunks, vae_elbo_per_point
 from .likelihood import (
     exact_log_px,
     require_gaussian,
@@ -115,7 +115,7 @@ def _elbo_cv(f, f0, g0, H0, u0, m, L, eps, prior_weight):
 
 @squeezes_replicas
 def refine_elbo(vae: VAE, guide: AmortizedGaussianGuide, x, *,
-                config: RefineConfig = RefineConfig(), seed: int = 0, chunk_size: int = 2048,
+                config: RefineConfig = RefineConfig(), seed: int = 0, chunk_size: int | None = 2048,
                 beta_weighted: bool = False, return_guides: bool = False):
     """ELBO* per point: the best guide of the family for each point on its own.
 
@@ -136,8 +136,10 @@ def refine_elbo(vae: VAE, guide: AmortizedGaussianGuide, x, *,
     refined parameters, bound to ``x``: it refuses other data, and the estimators that work in
     chunks of points narrow it to each chunk (:meth:`AmortizedGaussianGuide.narrow`).
     """
+    check_chunks(chunk_size)
     x = as_replica_batch(vae, x)
     n, d = x.shape[1], vae.latent_dim
+    chunk_size = chunk_size or n
     w = vae.beta.reshape(-1, 1) if beta_weighted else 1.0
     T = guide.bijection
     g = generator(seed, vae.device)
