@@ -79,7 +79,7 @@ def nonlinear_log_px(quick: bool) -> None:
                     f64, p64 = make_f(), make_p()
                 exact = quadrature_log_px(gaussian_log_joint(f64, p64, g2), x, z)
                 res = inference.importance_log_px(vae, guide, x, num_samples=K,
-                                                  proposal="laplace", chunk_samples=2500,
+                                                  proposal="laplace", sample_chunk=2500,
                                                   khat_warn=1.0)
                 iwae = inference.importance_log_px(vae, guide, x, num_samples=1000,
                                                    khat_warn=1.0)

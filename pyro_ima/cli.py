@@ -105,10 +105,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     _add_device_args(p)
 
 
-def _add_device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="where to compute: cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="floating-point precision")
+def _add_device_args(p: argparse.ArgumentParser, of_run: bool = False) -> None:
+    """``--device`` and ``--dtype``; ``of_run``: they default to the run's own (``evaluate``)."""
+    where = " (default: the run's own)" if of_run else ""
+    p.add_argument("--device", default=None if of_run else "cpu",
+                   help=f"where to compute: cpu, cuda, cuda:1, ...{where}")
+    p.add_argument("--dtype", choices=("float32", "float64"),
+                   default=None if of_run else "float32",
+                   help=f"floating-point precision{where}")
 
 
 def _add_force(p: argparse.ArgumentParser, what: str) -> None:
@@ -132,16 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_force(p, "run")
     p = sub.add_parser("evaluate", help="re-evaluate a trained run directory",
                        formatter_class=_Help,
-                       description="Reload RUN_DIR (results.json + state.pt of one run), "
-                                   "recompute MCC, contrasts, importance-sampled log p with "
-                                   "PSIS k-hat, the share of flagged estimates and the gap, "
-                                   "and write RUN_DIR/metrics.json.")
+                       description="Reload RUN_DIR (results.json + state.pt of one run) "
+                                   "on its own device and dtype unless --device/--dtype say "
+                                   "otherwise, recompute MCC, contrasts, importance-sampled "
+                                   "log p with PSIS k-hat, the share of flagged estimates and "
+                                   "the gap, and write RUN_DIR/metrics.json.")
     p.add_argument("run_dir", help="a directory written by `pyro-ima train`")
     p.add_argument("--points", type=_int_in(1, 1_000_000), default=None,
                    help="test points for importance sampling (default: the run's)")
     p.add_argument("--samples", type=_int_in(1, 1_000_000), default=None,
                    help="importance samples per point K (default: the run's)")
-    _add_device_args(p)
+    _add_device_args(p, of_run=True)
     from .experiments import STUDIES
     p = sub.add_parser("experiment", help="run (or resume) one study of the paper",
                        formatter_class=_Help,
@@ -214,7 +219,8 @@ def _cmd_evaluate(args) -> int:
         m = evaluate(ds, vae, guide, config=dataclasses.replace(cfg.eval_config(), **sizes),
                      seed=cfg.seed)
         atomic_write_json(Path(args.run_dir) / "metrics.json",
-                          {"kind": "pyro_ima.metrics", "run_id": results["run_id"], **m})
+                          {"kind": "pyro_ima.metrics", "run_id": results["run_id"],
+                           "device": cfg.device, "dtype": cfg.dtype, **m})
     print(summary_line(m))
     return 0
 
@@ -283,7 +289,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         from ._utils import parse_device
-        parse_device(args.device)
+        if args.device is not None:
+            parse_device(args.device)
         commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
                     "experiment": _cmd_experiment}
         return commands[args.command](args)

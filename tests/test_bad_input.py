@@ -183,6 +183,28 @@ CASES = {
     "no_data_plate": (lambda t: inference.importance_log_px(_no_plate, lambda x: None, X,
                                                             num_samples=5), ValueError,
                       "outside the 'data' plate"),
+    "guide_sites_not_model_latents": (lambda t: inference.elbo_per_point(
+        _local_latent, _guide_w, X), ValueError, "guide: its sample sites"),
+    "vae_unknown_keyword": (lambda t: inference.importance_log_px(
+        _vae(), _guide(_vae()), X, chunk_points=10), TypeError,
+        "chunk_points: not an argument of importance_log_px(vae, guide, x); it takes"),
+    "vae_elbo_unknown_keyword": (lambda t: inference.elbo_per_point(
+        _vae(), _guide(_vae()), X, num_sample=10), TypeError,
+        "num_sample: not an argument of elbo_per_point(vae, guide, x)"),
+    "pyro_model_former_chunk_keyword": (lambda t: inference.importance_log_px(
+        _local_latent, _local_latent_guide, X, chunk_points=10), TypeError, "chunk_size="),
+    "chunk_size_zero_pyro_model": (lambda t: inference.elbo_per_point(
+        _local_latent, _local_latent_guide, X, chunk_size=0), ValueError, "chunk_size"),
+    "sample_chunk_zero_pyro_model": (lambda t: inference.importance_log_px(
+        _local_latent, _local_latent_guide, X, sample_chunk=0), ValueError, "sample_chunk"),
+    "chunk_size_zero_vae": (lambda t: inference.elbo_per_point(
+        _vae(), _guide(_vae()), X, chunk_size=0), ValueError, "chunk_size"),
+    "chunk_size_zero_vae_is": (lambda t: inference.importance_log_px(
+        _vae(), _guide(_vae()), X, chunk_size=0), ValueError, "chunk_size"),
+    "sample_chunk_zero_vae_is": (lambda t: inference.importance_log_px(
+        _vae(), _guide(_vae()), X, sample_chunk=0), ValueError, "sample_chunk"),
+    "chunk_size_zero_refine": (lambda t: inference.refine_elbo(
+        _vae(), _guide(_vae()), X, chunk_size=0), ValueError, "chunk_size"),
     "model_not_callable": (lambda t: inference.elbo_per_point("m", lambda x: None, X),
                            TypeError, "model"),
     "refined_guide_other_points": (lambda t: _refined_other_points(), ValueError, "x"),
@@ -253,6 +275,22 @@ def _global_latent(x):
     mu = pyro.sample("mu", pdist.Normal(0.0, 1.0))
     with pyro.plate("data", x.shape[0]):
         pyro.sample("x", pdist.Normal(mu, 1.0).expand([3]).to_event(1), obs=x)
+
+
+def _local_latent(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", pdist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        pyro.sample("x", pdist.Normal(z, 1.0).to_event(1), obs=x)
+
+
+def _local_latent_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", pdist.Normal(x, 1.0).to_event(1))
+
+
+def _guide_w(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("w", pdist.Normal(x, 1.0).to_event(1))
 
 
 def _no_plate(x):

@@ -127,3 +127,14 @@ def test_sprites_from_the_cli(tmp_path, monkeypatch, capsys):
     assert "mcc_pearson" in res["metrics"] and "c_ima" in res["metrics"]
     assert main(["train", "--mixing", "sprites", "--prior", "uniform", "--dim", "4",
                  "--out", str(out)]) == 2
+
+
+def test_evaluate_keeps_the_run_dtype_unless_asked(tmp_path):
+    out = tmp_path / "run64"
+    assert main(["train", *TINY, "--dtype", "float64", "--eval-points", "10",
+                 "--eval-samples", "20", "--out", str(out)]) == 0
+    assert main(["evaluate", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["dtype"], m["device"]) == ("float64", "cpu")
+    assert main(["evaluate", str(out), "--dtype", "float32"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["dtype"] == "float32"

@@ -54,16 +54,38 @@ def test_estimate_is_per_point_and_independent_of_chunking():
     # The Laplace proposal is exact here: every chunking must give every point its own log p.
     for chunk in (30, 4, 1):
         res = inference.importance_log_px(vae, guide, x, num_samples=10, proposal="laplace",
-                                          chunk_points=chunk)
+                                          chunk_size=chunk)
         assert_close(res.log_px, truth, atol=3e-3)
     # A widened q (imperfect proposal): different chunkings agree within Monte-Carlo error.
     kw = dict(num_samples=2000, widen=1.5, khat_warn=1.0)
-    a = inference.importance_log_px(vae, guide, x, chunk_points=30, seed=0, **kw)
-    b = inference.importance_log_px(vae, guide, x, chunk_points=4, chunk_samples=300, seed=1,
+    a = inference.importance_log_px(vae, guide, x, chunk_size=30, seed=0, **kw)
+    b = inference.importance_log_px(vae, guide, x, chunk_size=4, sample_chunk=300, seed=1,
                                     **kw)
     # per-point MC errors here are ~0.1 nats, so the mean over 30 points has std ~0.025
     assert abs(float((a.log_px - b.log_px).mean())) < 0.08
     assert abs(float((a.log_px - truth).mean())) < 0.08
+
+
+def test_both_calling_styles_take_chunk_size_and_sample_chunk():
+    lg = linear_gaussian(d=3, gamma2=100.0, singular_values=[0.5, 1.0, 2.0])
+    vae, guide = oracle_pair(lg, "diagonal")
+    x = lg.sample(11)
+    # library VAE: the ELBO's draws are made for all points at once, so neither chunking
+    # changes a value; IS takes the same two keywords
+    a = inference.elbo_per_point(vae, guide, x, num_particles=6, seed=2)
+    b = inference.elbo_per_point(vae, guide, x, num_particles=6, seed=2, chunk_size=4,
+                                 sample_chunk=4)
+    assert_close(b, a, atol=1e-5)
+    res = inference.importance_log_px(vae, guide, x, num_samples=9, chunk_size=4,
+                                      sample_chunk=4, proposal="laplace")
+    assert_close(res.log_px, lg.log_px(x), atol=3e-3)
+    # a plain Pyro model: the same keywords
+    model, pguide = vae.model, guide.guide
+    c = inference.elbo_per_point(model, pguide, x, num_particles=6, chunk_size=4,
+                                 sample_chunk=4)
+    d = inference.importance_log_px(model, pguide, x, num_samples=6, chunk_size=4,
+                                    sample_chunk=4, khat_warn=1.0)
+    assert c.shape == d.log_px.shape == (1, 11)
 
 
 def test_khat_small_for_good_proposal_large_for_bad_one():

@@ -163,6 +163,41 @@ def test_global_latents_and_models_without_a_data_plate_are_refused():
         inference.importance_log_px(global_model, global_guide, x, proposal="laplace")
 
 
+def test_a_guide_whose_sites_are_not_the_models_latents_is_refused_naming_them():
+    x = torch.randn(6, 2)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, s.unsqueeze(-1)).to_event(1), obs=x)
+
+    def guide(*names):
+        def fn(x):
+            with pyro.plate("data", x.shape[0]):
+                for name in names:
+                    if name == "s":
+                        pyro.sample("s", dist.LogNormal(torch.zeros(x.shape[0]), 1.0))
+                    else:
+                        pyro.sample(name, dist.Normal(torch.zeros(x.shape[0], 2), 1.0)
+                                    .to_event(1))
+        return fn
+
+    guide_w = guide("w", "s")  # samples "w" where the model has "z"
+    guide_z_only = guide("z")  # forgets "s": it would be drawn from its prior on replay
+    guide_obs = guide("z", "s", "x")  # also samples the observed site
+    good = guide("z", "s")
+
+    with pytest.raises(ValueError, match="guide: .*does not sample the model's latent 'z'; "
+                                         "the guide samples 'w', which the model does not"):
+        inference.elbo_per_point(model, guide_w, x)
+    with pytest.raises(ValueError, match="guide: .*does not sample the model's latent 's'"):
+        inference.importance_log_px(model, guide_z_only, x, num_samples=4)
+    with pytest.raises(ValueError, match="guide: .*samples 'x', which the model observes"):
+        inference.elbo_per_point(model, guide_obs, x)
+    assert inference.elbo_per_point(model, good, x).shape == (6,)
+
+
 def test_a_pyro_style_encoder_returning_loc_and_scale_is_read_as_such():
     # Pyro's VAE example encoders return (loc, exp(log_scale)); the guide reads the pair as a
     # mean and a positive scale, never reinterpreting it through softplus.

@@ -7,12 +7,12 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from .._utils import check_finite_tensor, check_int, derive_seed, generator, seeded_rng
-from ..models.guides import AmortizedGaussianGuide
+from ..models.guides import AmortizedGaussianGuide, narrow_guide
 from ..models.vae import VAE, squeezes_replicas
 from .traces import per_point_log_weights, plate_structure
 
 __all__ = ["log_weights", "elbo_per_point", "as_replica_batch", "standard_noise",
-           "ReplicaTraceELBO", "data_chunks", "tensor_device"]
+           "ReplicaTraceELBO", "data_chunks", "tensor_device", "check_options", "check_chunks"]
 
 
 class ReplicaTraceELBO(Trace_ELBO):
@@ -59,6 +59,37 @@ def tensor_device(args, kwargs) -> torch.device:
     return torch.device("cpu")
 
 
+_FORMER_CHUNK_NAMES = ("chunk_points", "chunk_samples")
+
+
+def check_options(call: str, kwargs: dict, accepted) -> None:
+    """Refuse a keyword ``call`` does not take with a ``TypeError`` naming it and the accepted
+    ones (instead of Python's, which names an internal function)."""
+    for k in kwargs:
+        if k not in accepted:
+            hint = "; points per chunk are chunk_size=, samples per pass sample_chunk=" \
+                if k in _FORMER_CHUNK_NAMES else ""
+            raise TypeError(f"{k}: not an argument of {call}; it takes "
+                            f"{', '.join(accepted)}{hint}")
+
+
+def check_chunks(chunk_size: int | None, sample_chunk: int | None = None) -> None:
+    """``chunk_size`` (points per chunk) and ``sample_chunk`` (draws per pass): ``None`` (no
+    chunking) or an int >= 1."""
+    for name, value in (("chunk_size", chunk_size), ("sample_chunk", sample_chunk)):
+        if value is not None:
+            check_int(name, value)
+
+
+def refuse_renamed(kwargs: dict) -> None:
+    """The library VAEs' former chunk keywords, given with a plain Pyro model, would reach the
+    model as its own keyword arguments: refuse them naming the chunk keywords."""
+    for k in kwargs:
+        if k in _FORMER_CHUNK_NAMES:
+            raise TypeError(f"{k}: not an argument of the estimators; points per chunk are "
+                            f"chunk_size=, samples per pass sample_chunk=")
+
+
 def data_chunks(args: tuple, kwargs: dict, n: int, chunk_size: int | None, data_dim: int):
     """``(args, kwargs)`` for consecutive chunks of at most ``chunk_size`` points: every tensor
     argument whose dim ``data_dim`` has the batch's ``n`` points is sliced along it."""
@@ -80,6 +111,8 @@ def _generic_log_weights(model, guide, args, kwargs, *, num_particles: int, seed
                          chunk_size: int | None, data_dim: int, data_plate: str,
                          replica_plate: str, sample_chunk: int | None = None) -> torch.Tensor:
     """``(S, [R,] N)`` log-weights of a plain Pyro pair, chunked over points and particles."""
+    check_chunks(chunk_size, sample_chunk)
+    refuse_renamed(kwargs)
     device = tensor_device(args, kwargs)
     with seeded_rng(seed, device):
         plates = plate_structure(model, guide, *args, data_plate=data_plate,
@@ -138,28 +171,39 @@ def log_weights(vae: VAE, guide: AmortizedGaussianGuide, x: torch.Tensor, eps: t
 def vae_elbo_per_point(vae: VAE, guide: AmortizedGaussianGuide, x, *, num_particles: int = 1,
                        seed: int = 0, eps: torch.Tensor | None = None,
                        beta_weighted: bool = False, chunk_size: int | None = 4096,
-                       grad: bool = False) -> torch.Tensor:
+                       sample_chunk: int | None = None, grad: bool = False) -> torch.Tensor:
     """:func:`elbo_per_point` for the library's VAEs: ``(R, N)`` (``(N,)`` for
-    ``replicas=None``), with standard normal draws from a private generator (or ``eps``
-    ``(S, R, N, d)``) so chunking cannot change them."""
+    ``replicas=None``), with standard normal draws ``(S, R, N, d)`` made for all ``N`` points at
+    once from a private generator (or given as ``eps``), so neither ``chunk_size`` nor
+    ``sample_chunk`` can change them."""
     check_int("num_particles", num_particles)
+    check_chunks(chunk_size, sample_chunk)
     x = as_replica_batch(vae, x)
     n = x.shape[1]
     chunk_size = chunk_size or n
-    check_int("chunk_size", chunk_size)
     if eps is None:
         eps = standard_noise(vae, num_particles, n, seed)
+    S = eps.shape[0]
+    sample_chunk = sample_chunk or S
     out = []
     with torch.set_grad_enabled(grad):
         for start in range(0, n, chunk_size):
             xs = x.narrow(1, start, min(chunk_size, n - start))
             es = eps.narrow(-2, start, xs.shape[1])
-            out.append(log_weights(vae, guide, xs, es, beta_weighted=beta_weighted).mean(0))
+            gs = narrow_guide(guide, start, xs.shape[1])
+            lw = [log_weights(vae, gs, xs, es.narrow(0, s0, min(sample_chunk, S - s0)),
+                              beta_weighted=beta_weighted) for s0 in range(0, S, sample_chunk)]
+            out.append(torch.cat(lw, 0).mean(0))
     return torch.cat(out, dim=-1)
 
 
+_VAE_ELBO_OPTIONS = ("num_particles", "seed", "chunk_size", "sample_chunk", "eps",
+                     "beta_weighted", "grad")
+
+
 def elbo_per_point(model, guide, *args, num_particles: int = 1, seed: int = 0,
-                   chunk_size: int | None = None, data_dim: int = 0, data_plate: str = "data",
+                   chunk_size: int | None = None, sample_chunk: int | None = None,
+                   data_dim: int = 0, data_plate: str = "data",
                    replica_plate: str = "replicas", **kwargs) -> torch.Tensor:
     """The Monte-Carlo ELBO of every data point: ``(N,)``, or ``(R, N)`` with replicas.
 
@@ -173,25 +217,29 @@ def elbo_per_point(model, guide, *args, num_particles: int = 1, seed: int = 0,
       local latents sit in a ``"data"`` plate; ``args``/``kwargs`` go to both. Draws come from
       PyTorch's RNG seeded with ``seed`` (forked: the caller's state is untouched; chunk ``i``
       uses a seed derived from ``seed`` and ``i``). ``chunk_size`` slices every tensor
-      argument whose dim ``data_dim`` holds the batch's points.
+      argument whose dim ``data_dim`` holds the batch's points; ``sample_chunk`` draws the
+      particles in passes of that many.
     - ``elbo_per_point(vae, guide, x)`` for a :class:`~pyro_ima.models.VAE` and one of its
       guides: draws from a private generator on the model's device (or ``eps``
       ``(S, R, N, d)``), ``beta_weighted`` for the beta-VAE objective, ``grad`` to keep the
-      graph; results ``(N,)`` for ``replicas=None``, else ``(R, N)``.
+      graph, ``chunk_size`` (default 4096) and ``sample_chunk`` as above; any other keyword is
+      refused naming it. Results ``(N,)`` for ``replicas=None``, else ``(R, N)``.
     """
     check_int("num_particles", num_particles)
     if isinstance(model, VAE):
         if len(args) != 1:
             raise TypeError("x: elbo_per_point(vae, guide, x) takes the data as its one "
                             "positional argument")
+        check_options("elbo_per_point(vae, guide, x)", kwargs, _VAE_ELBO_OPTIONS)
         if chunk_size is not None:
             kwargs["chunk_size"] = chunk_size
         return vae_elbo_per_point(model, guide, args[0], num_particles=num_particles,
-                                  seed=seed, **kwargs)
+                                  seed=seed, sample_chunk=sample_chunk, **kwargs)
     _check_callables(model, guide)
     return _generic_log_weights(model, guide, args, kwargs, num_particles=num_particles,
                                 seed=seed, chunk_size=chunk_size, data_dim=data_dim,
-                                data_plate=data_plate, replica_plate=replica_plate).mean(0)
+                                data_plate=data_plate, replica_plate=replica_plate,
+                                sample_chunk=sample_chunk).mean(0)
 
 
 def _check_callables(model, guide) -> None:

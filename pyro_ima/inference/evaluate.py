@@ -11,7 +11,7 @@ import torch
 
 from .. import metrics as _metrics
 from .._utils import as_tensor_on, check_int, map_tensors, to_like
-from ..models.guides import AmortizedGaussianGuide
+from ..models.guides import AmortizedGaussianGuide, narrow_guide
 from ..models.vae import VAE, GaussianVAE
 from .elbo import as_replica_batch, vae_elbo_per_point
 from .likelihood import KHAT_THRESHOLD, exact_log_px, khat_summary, vae_importance_log_px
@@ -105,6 +105,7 @@ def evaluate(vae: VAE, guide: AmortizedGaussianGuide, x, z_true=None, *,
             out["c_row"] = _metrics.row_contrast(J).mean(-1)
     if "likelihood" in metrics:
         xs = xr[:, : config.points]
+        guide = narrow_guide(guide, 0, xs.shape[1])  # a guide bound to points: its first ones
         elbo = vae_elbo_per_point.batched(vae, guide, xs, num_particles=config.elbo_particles,
                                       seed=seed).double()
         proposal = config.proposal if config.proposal != "auto" else (

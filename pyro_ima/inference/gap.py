@@ -10,9 +10,9 @@ from torch import nn
 
 from .._utils import check_int, check_positive, generator
 from ..metrics import conformal_contrast, ima_contrast, jacobian, row_contrast
-from ..models.guides import AmortizedGaussianGuide
+from ..models.guides import AmortizedGaussianGuide, narrow_guide
 from ..models.vae import VAE, GaussianVAE, squeezes_replicas
-from .elbo import as_replica_batch, vae_elbo_per_point
+from .elbo import as_replica_batch, check_chunks, vae_elbo_per_point
 from .likelihood import (
     exact_log_px,
     require_gaussian,
@@ -56,12 +56,27 @@ class RefineConfig:
 
 
 class _BoundTable(nn.Module):
-    """The 'encoder' of a refined guide: each point's own parameters, for those points only."""
+    """The 'encoder' of a refined guide: each point's own parameters, for those points only.
 
-    def __init__(self, x: torch.Tensor, loc: torch.Tensor, raw: torch.Tensor):
+    ``x`` ``(R, N, D)`` are the points, ``table`` ``(R, N, k)`` their guide outputs (means,
+    then raw scales). :meth:`narrow_points` gives the table of a run of consecutive points,
+    which chunked estimators use through :meth:`AmortizedGaussianGuide.narrow`.
+    """
+
+    def __init__(self, x: torch.Tensor, table: torch.Tensor):
         super().__init__()
         self.register_buffer("x", x.detach())
-        self.register_buffer("table", torch.cat([loc, raw], -1).detach())
+        self.register_buffer("table", table.detach())
+
+    def narrow_points(self, start: int, length: int) -> _BoundTable:
+        """The table of points ``start .. start + length - 1`` only."""
+        n = self.x.shape[1]
+        check_int("start", start, minimum=0)
+        check_int("length", length)
+        if start + length > n:
+            raise ValueError(f"length: points {start}..{start + length - 1} asked of a refined "
+                             f"guide that holds {n} points")
+        return _BoundTable(self.x.narrow(1, start, length), self.table.narrow(1, start, length))
 
     def forward(self, x):
         if x.dim() == self.x.dim() - 1 and x.shape == self.x.shape[1:]:
@@ -69,8 +84,8 @@ class _BoundTable(nn.Module):
         if x.shape != self.x.shape or not torch.equal(x, self.x):
             raise ValueError(f"x: this refined guide holds the parameters of the "
                              f"{self.x.shape[1]} points it was refined on and answers for "
-                             f"exactly those (same order), got other data of shape "
-                             f"{tuple(x.shape)}")
+                             f"exactly those (same order; guide.narrow(start, length) for a "
+                             f"run of them), got other data of shape {tuple(x.shape)}")
         return self.table
 
 
@@ -100,7 +115,7 @@ def _elbo_cv(f, f0, g0, H0, u0, m, L, eps, prior_weight):
 
 @squeezes_replicas
 def refine_elbo(vae: VAE, guide: AmortizedGaussianGuide, x, *,
-                config: RefineConfig = RefineConfig(), seed: int = 0, chunk_size: int = 2048,
+                config: RefineConfig = RefineConfig(), seed: int = 0, chunk_size: int | None = 2048,
                 beta_weighted: bool = False, return_guides: bool = False):
     """ELBO* per point: the best guide of the family for each point on its own.
 
@@ -118,22 +133,26 @@ def refine_elbo(vae: VAE, guide: AmortizedGaussianGuide, x, *,
     Returns ``elbo_star`` ``(R, N)`` (``(N,)`` for ``replicas=None``) in the model's dtype; with
     ``beta_weighted`` the beta-VAE objective ``E[log p(x|z)] - beta KL`` is maximized and
     returned; with ``return_guides`` also a guide of the same family holding every point's
-    refined parameters, bound to ``x`` (it refuses other data).
+    refined parameters, bound to ``x``: it refuses other data, and the estimators that work in
+    chunks of points narrow it to each chunk (:meth:`AmortizedGaussianGuide.narrow`).
     """
+    check_chunks(chunk_size)
     x = as_replica_batch(vae, x)
     n, d = x.shape[1], vae.latent_dim
+    chunk_size = chunk_size or n
     w = vae.beta.reshape(-1, 1) if beta_weighted else 1.0
     T = guide.bijection
     g = generator(seed, vae.device)
     result, locs, raws = [], [], []
     for start in range(0, n, chunk_size):
         xs = x.narrow(1, start, min(chunk_size, n - start))
+        gs = narrow_guide(guide, start, xs.shape[1])
 
         def f(u, xs=xs):
             return log_joint(vae, xs, u, T, w)
 
         with torch.no_grad():
-            loc0 = guide.loc(xs)
+            loc0 = gs.loc(xs)
             mode = posterior_mode(vae, xs, loc0, T, config=config.mode, prior_weight=w)
             u0 = torch.where(mode.found.unsqueeze(-1), mode.u, loc0)
             f0, g0, H0 = value_grad_hessian(f, u0)
@@ -141,7 +160,7 @@ def refine_elbo(vae: VAE, guide: AmortizedGaussianGuide, x, *,
                             torch.eye(d, dtype=x.dtype, device=x.device))
             L0 = torch.where(mode.found[..., None, None],
                              torch.linalg.cholesky(guide.optimal_covariance(P)),
-                             guide.scale_tril(xs))
+                             gs.scale_tril(xs))
         delta = torch.zeros_like(u0, requires_grad=True)
         raw = u0.new_zeros(u0.shape[:-1] + (guide.num_scale_params(d),)).requires_grad_(True)
 
@@ -171,7 +190,8 @@ def refine_elbo(vae: VAE, guide: AmortizedGaussianGuide, x, *,
     elbo_star = torch.cat(result, -1)
     if not return_guides:
         return elbo_star
-    refined = type(guide)(vae, _BoundTable(x, torch.cat(locs, -2), torch.cat(raws, -2)))
+    table = torch.cat([torch.cat(locs, -2), torch.cat(raws, -2)], -1)
+    refined = type(guide)(vae, _BoundTable(x, table))
     return elbo_star, refined
 
 

@@ -13,9 +13,16 @@ from torch import nn
 
 from .._utils import as_tensor_on, check_int, check_positive, generator
 from ..metrics import jacobian
-from ..models.guides import AmortizedGaussianGuide, gaussian_posterior
+from ..models.guides import AmortizedGaussianGuide, gaussian_posterior, narrow_guide
 from ..models.vae import VAE, GaussianVAE, squeezes_replicas
-from .elbo import _check_callables, _generic_log_weights, as_replica_batch, log_weights
+from .elbo import (
+    _check_callables,
+    _generic_log_weights,
+    as_replica_batch,
+    check_chunks,
+    check_options,
+    log_weights,
+)
 from .posterior import ModeConfig, mahalanobis, posterior_mode
 
 __all__ = ["exact_log_px", "importance_log_px", "ISResult", "psis_khat", "LaplaceProposal",
@@ -273,27 +280,29 @@ def reliability(khat: torch.Tensor, ess: torch.Tensor, num_samples: int,
 @squeezes_replicas
 def vae_importance_log_px(vae: VAE, guide: AmortizedGaussianGuide, x, *,
                           num_samples: int = 1000, proposal: str = "guide", widen: float = 1.0,
-                          seed: int = 0, chunk_points: int = 100, chunk_samples: int = 250,
-                          khat_warn: float = 0.1, mode: ModeConfig = ModeConfig()) -> ISResult:
+                          seed: int = 0, chunk_size: int | None = 100,
+                          sample_chunk: int | None = 250, khat_warn: float = 0.1,
+                          mode: ModeConfig = ModeConfig()) -> ISResult:
     """:func:`importance_log_px` for the library's VAEs: results ``(R, N)`` (``(N,)`` for
     ``replicas=None``), float64."""
     check_int("num_samples", num_samples)
-    check_int("chunk_points", chunk_points)
-    check_int("chunk_samples", chunk_samples)
+    check_chunks(chunk_size, sample_chunk)
     check_positive("widen", widen)
     if proposal not in ("guide", "laplace"):
         raise ValueError(f"proposal: expected 'guide' or 'laplace', got {proposal!r}")
     x = as_replica_batch(vae, x)
     n = x.shape[1]
+    chunk_size, sample_chunk = chunk_size or n, sample_chunk or num_samples
     g = generator(seed, vae.device)
     parts = []
-    for start in range(0, n, chunk_points):
-        xs = x.narrow(1, start, min(chunk_points, n - start))
+    for start in range(0, n, chunk_size):
+        xs = x.narrow(1, start, min(chunk_size, n - start))
         b = xs.shape[1]
+        gs = narrow_guide(guide, start, b)
         with torch.no_grad():
-            loc = guide.loc(xs)
+            loc = gs.loc(xs)
             m = posterior_mode(vae, xs, loc, guide.bijection, config=mode)
-            L_guide = guide.scale_tril(xs)
+            L_guide = gs.scale_tril(xs)
             if proposal == "guide":
                 center, L = loc, L_guide * widen
             else:  # the Laplace Gaussian at the mode; the guide where no mode was found
@@ -304,8 +313,8 @@ def vae_importance_log_px(vae: VAE, guide: AmortizedGaussianGuide, x, *,
                 L = torch.where(m.found[..., None, None], L_lap, L_guide) * widen
             r = LaplaceProposal(vae, center, L, guide.bijection)
             lw = []
-            for s0 in range(0, num_samples, chunk_samples):
-                k = min(chunk_samples, num_samples - s0)
+            for s0 in range(0, num_samples, sample_chunk):
+                k = min(sample_chunk, num_samples - s0)
                 eps = torch.randn((k, vae.replicas, b, vae.latent_dim), generator=g,
                                   device=vae.device, dtype=vae.dtype)
                 lw.append(log_weights(vae, r, xs, eps).double())
@@ -322,6 +331,10 @@ def vae_importance_log_px(vae: VAE, guide: AmortizedGaussianGuide, x, *,
     res = ISResult(**cat, num_samples=num_samples)
     _warn_unreliable(res, khat_warn)
     return res
+
+
+_VAE_IS_OPTIONS = ("num_samples", "seed", "khat_warn", "proposal", "widen", "chunk_size",
+                   "sample_chunk", "mode")
 
 
 def importance_log_px(model, guide, *args, num_samples: int = 1000, seed: int = 0,
@@ -347,14 +360,19 @@ def importance_log_px(model, guide, *args, num_samples: int = 1000, seed: int = 
       library VAE: ``"laplace"`` (Gaussian VAEs) is ``N(mu(x), widen^2 P^-1)`` with the full
       Laplace precision ``P`` at the guide's mean (:func:`laplace_precision`), the better
       proposal in the near-deterministic regime where a diagonal ``q`` is too narrow along
-      correlated directions; chunks of ``chunk_points`` points by ``chunk_samples`` samples
-      bound memory (K = 1000 on 10,000 points, d = 3: about 300 MB above the process's
-      baseline). Results are ``(R, N)`` (``(N,)`` for ``replicas=None``).
+      correlated directions; chunks of ``chunk_size`` points (default 100) by
+      ``sample_chunk`` samples (default 250) bound memory (K = 1000 on 10,000 points, d = 3:
+      about 300 MB above the process's baseline); ``mode`` sets how the posterior mode is found.
+      Results are ``(R, N)`` (``(N,)`` for ``replicas=None``).
+
+    Both take ``chunk_size`` and ``sample_chunk`` (``None``: no chunking); any other keyword a
+    library VAE does not take is refused naming it.
     """
     if isinstance(model, VAE):
         if len(args) != 1:
             raise TypeError("x: importance_log_px(vae, guide, x) takes the data as its one "
                             "positional argument")
+        check_options("importance_log_px(vae, guide, x)", kwargs, _VAE_IS_OPTIONS)
         return vae_importance_log_px(model, guide, args[0], num_samples=num_samples,
                                      seed=seed, khat_warn=khat_warn, **kwargs)
     check_int("num_samples", num_samples)
@@ -365,7 +383,6 @@ def importance_log_px(model, guide, *args, num_samples: int = 1000, seed: int = 
     opts = {k: kwargs.pop(k) for k in ("chunk_size", "data_dim", "data_plate", "replica_plate",
                                         "sample_chunk") if k in kwargs}
     opts.setdefault("sample_chunk", 250)
-    check_int("sample_chunk", opts["sample_chunk"])
     lw = _generic_log_weights(model, guide, args, kwargs, num_particles=num_samples,
                               seed=seed, chunk_size=opts.get("chunk_size"),
                               data_dim=opts.get("data_dim", 0),

@@ -44,7 +44,25 @@ def _sample_sites(trace):
 def _traces(model, guide, args, kwargs):
     guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
     model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
+    _check_sites(model_tr, guide_tr)
     return model_tr, guide_tr
+
+
+def _check_sites(model_tr, guide_tr) -> None:
+    """Refuse a guide whose latent sites are not the model's: a model latent the guide does
+    not sample would be drawn from its prior on replay and a guide site the model lacks would
+    enter as a stray density, so the weights would silently be of another model."""
+    latent = {name for name, site in _sample_sites(model_tr) if not site["is_observed"]}
+    observed = {name for name, site in _sample_sites(model_tr) if site["is_observed"]}
+    sampled = {name for name, site in _sample_sites(guide_tr)
+               if not site["is_observed"] and not (site.get("infer") or {}).get("is_auxiliary")}
+    missing, extra = sorted(latent - sampled), sorted(sampled - latent)
+    if missing or extra:
+        parts = [f"the guide does not sample the model's latent {n!r}" for n in missing]
+        parts += [f"the guide samples {n!r}, which the model "
+                  f"{'observes' if n in observed else 'does not have'}" for n in extra]
+        raise ValueError(f"guide: its sample sites must be the model's latent sites: "
+                         f"{'; '.join(parts)}")
 
 
 def plate_structure(model, guide, *args, data_plate: str = "data",
@@ -52,7 +70,8 @@ def plate_structure(model, guide, *args, data_plate: str = "data",
     """Trace ``guide`` and ``model`` once (without gradients) and describe their plates.
 
     Refuses, naming the site, a latent or observed site outside the data plate (a global
-    latent has no per-point ELBO) and a model without a data plate.
+    latent has no per-point ELBO), a model without a data plate, and a guide whose sample
+    sites are not the model's latent sites.
     """
     with torch.no_grad():
         model_tr, guide_tr = _traces(model, guide, args, kwargs)

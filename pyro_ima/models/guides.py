@@ -15,7 +15,8 @@ from .._utils import as_tensor_on
 from .vae import VAE, unique_name
 
 __all__ = ["AmortizedGaussianGuide", "DiagonalGuide", "IsotropicGuide", "FullCovGuide",
-           "GUIDES", "support_bijection", "TrilAffineTransform", "softplus_inverse"]
+           "GUIDES", "support_bijection", "TrilAffineTransform", "softplus_inverse",
+           "narrow_guide"]
 
 
 def _is_real(support: constraints.Constraint) -> bool:
@@ -336,6 +337,18 @@ class AmortizedGaussianGuide(nn.Module):
         new._loc_override = self._loc_override
         return new
 
+    def narrow(self, start: int, length: int) -> AmortizedGaussianGuide:
+        """The guide for points ``start .. start + length - 1`` of a batch, for estimators that
+        evaluate a batch in chunks.
+
+        An amortized encoder answers for any ``x``, so this is the guide itself. A guide bound to
+        the points it was refined on (``refine_elbo(..., return_guides=True)``) answers for
+        exactly those points; narrowed, it answers for exactly that run of them (and still
+        refuses any other data).
+        """
+        narrow_points = getattr(self.encoder, "narrow_points", None)
+        return self if narrow_points is None else self.with_encoder(narrow_points(start, length))
+
     def fix_loc(self, fn):
         """Replace ``mu(x)`` by ``fn(x)`` (e.g. the true inverse) until ``fix_loc(None)``.
 
@@ -454,6 +467,13 @@ def _elementwise_posterior(loc, scale, bijection, eps):
     if bijection is not None:
         transforms.append(bijection)
     return dist.TransformedDistribution(base, transforms)
+
+
+def narrow_guide(guide, start: int, length: int):
+    """``guide.narrow(start, length)`` for guides that have it (see
+    :meth:`AmortizedGaussianGuide.narrow`), any other proposal object as it is."""
+    narrow = getattr(guide, "narrow", None)
+    return guide if narrow is None else narrow(start, length)
 
 
 GUIDES = {cls.family: cls for cls in (DiagonalGuide, IsotropicGuide, FullCovGuide)}
