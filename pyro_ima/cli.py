@@ -85,8 +85,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="fix the decoder to the true mixing and train the encoder alone")
     p.add_argument("--hidden", type=_widths, default=d.hidden,
                    help="MLP hidden layer widths, comma-separated (e.g. 50,50)")
-    p.add_argument("--n", type=_int_in(1, MAX_N), default=d.n,
-                   help="data points in total (split 0.7/0.2/0.1; each split needs >= 3)")
+    p.add_argument("--n", type=_int_in(1, MAX_N), default=None,
+                   help=f"data points in total (split 0.7/0.2/0.1; each split needs >= 3); "
+                        f"default {d.n}; with --data, every point of the file")
     p.add_argument("--epochs", type=_int_in(1, 1_000_000), default=d.epochs,
                    help="maximum epochs")
     p.add_argument("--batch-size", type=_int_in(1, 1_000_000), default=d.batch_size)
@@ -185,10 +186,13 @@ def _cmd_train(args) -> int:
     from .runs import RunConfig, train_run
     if args.data is not None and args.mixing is not None:
         raise ValueError("data: --data trains on your file; it goes without --mixing")
+    if args.data is not None and args.n is not None:
+        raise ValueError("n: --data trains on every point of your file; it goes without --n")
     mixing = "data" if args.data is not None else (args.mixing or "moebius")
     cfg = RunConfig(mixing=mixing, prior=args.prior, dim=args.dim, guide=args.guide,
                     gamma2=args.gamma2, beta=args.beta, learn_noise=args.learn_noise,
-                    fixed_decoder=args.fixed_decoder, hidden=args.hidden, n=args.n,
+                    fixed_decoder=args.fixed_decoder, hidden=args.hidden,
+                    n=RunConfig.n if args.n is None else args.n,
                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     patience=args.patience, init_scale=args.init_scale, seed=args.seed,
                     eval_points=args.eval_points, eval_samples=args.eval_samples,

@@ -287,6 +287,9 @@ def train_run(cfg: RunConfig, out: str | os.PathLike | None = None, *, progress:
 
 def _train(cfg: RunConfig, out_dir: Path | None, progress: bool):
     ds, vae, guide = build(cfg)
+    if cfg.mixing == "data":  # the file decides how many points there are
+        cfg = dataclasses.replace(cfg, n=sum(getattr(ds, s).x.shape[0]
+                                             for s in ("train", "val", "test")))
     callbacks = [EpochProgress(cfg.epochs, "train")] if progress else []
     fit = inference.fit(vae, guide, ds.train, ds.val, config=cfg.fit_config(), seed=cfg.seed,
                         callbacks=callbacks)

@@ -155,6 +155,8 @@ CASES = {
                                               str(t)]), 2, "data"),
     "cli_data_with_mixing": (lambda t: main(["train", "--data", "x.npy", "--mixing", "linear",
                                              "--out", str(t)]), 2, "data"),
+    "cli_data_with_n": (lambda t: main(["train", "--data", "x.npy", "--n", "500",
+                                        "--out", str(t)]), 2, "n"),
     "cli_from_quick_not_bool": (lambda t: main(["experiment", "--from",
                                                 _from_file(t, quick="false")]), 2, "from"),
     "study_dir_other_config": (lambda t: run_study("beta_gamma", _study_dir(t), quick=True),

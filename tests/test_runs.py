@@ -188,10 +188,11 @@ def test_train_on_a_users_own_array(tmp_path):
     import numpy as np
     np.save(path, x)
     out = tmp_path / "mine"
-    assert main(["train", *TINY, "--data", str(path), "--dim", "2", "--hidden", "16,16",
+    assert main(["train", *TINY[2:], "--data", str(path), "--dim", "2", "--hidden", "16,16",
                  "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["mixing"] == "data" and res["config"]["hidden"] == [16, 16]
+    assert res["config"]["n"] == 300  # the file's size, not the synthetic default
     assert "mcc_pearson" not in res["metrics"] and "c_ima" in res["metrics"]
     assert main(["evaluate", str(out)]) == 0
     np.save(path, x + 1)  # the data changed since training: evaluate refuses
