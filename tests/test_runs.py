@@ -150,6 +150,14 @@ def test_force_replaces_another_run_in_the_directory(tmp_path):
     assert main(["experiment", "beta_gamma", "--quick", "--quiet", "--force",
                  "--out", str(out)]) == 0
     assert not (out / "state.pt").exists() and (out / "study.json").exists()
+    # --force on the same study and config recomputes it (a plain rerun resumes)
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "settings").iterdir()}
+    assert main(["experiment", "beta_gamma", "--quick", "--quiet", "--out", str(out)]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "settings").iterdir()} == before
+    assert main(["experiment", "beta_gamma", "--quick", "--quiet", "--force",
+                 "--out", str(out)]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "settings").iterdir()}
+    assert after.keys() == before.keys() and all(after[k] != before[k] for k in before)
 
 
 def test_progress_in_a_log_is_plain_lines_and_tables_are_printed(tmp_path):

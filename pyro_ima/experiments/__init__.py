@@ -58,14 +58,17 @@ def _outputs(out: Path) -> list[Path]:
 
 def _claim(out: Path, name: str, quick: bool, fingerprint: str, force: bool) -> None:
     """Make ``out`` this study's directory: resume one of the same fingerprint; refuse another
-    study, config or version (or a training run) unless ``force``, which clears it first."""
+    study, config or version (or a training run) unless ``force``, which clears it first (the
+    same study's finished settings too: ``force`` always recomputes)."""
     manifest = out / "study.json"
     if manifest.exists():
         held = read_json(manifest, "out")
-        if held.get("fingerprint") == fingerprint:
+        if held.get("fingerprint") == fingerprint and not force:
             return
         what = (f"study {held.get('study')!r} ({'quick' if held.get('quick') else 'full'} size)"
                 f"{' with another config or version' if held.get('study') == name else ''}")
+        if held.get("fingerprint") == fingerprint:
+            what = "this study's results"  # only reached with force
     else:
         stale = [p.name for p in _outputs(out)] + [f for f in RUN_FILES if (out / f).exists()]
         if not stale:
