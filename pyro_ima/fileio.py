@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -108,6 +109,9 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+_CREATED: set[Path] = set()  # output directories this process made (removed again if refused)
+
+
 class DirLock:
     """An exclusive lock on an output directory for the duration of a ``with`` block.
 
@@ -132,11 +136,21 @@ class DirLock:
                              f"--out") from None
         return self
 
-    def __exit__(self, *exc):
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+    def __exit__(self, exc_type, *exc):
+        if self._fd is None:
+            return
+        directory = self.path.parent
+        # refused before writing anything: leave no lock file (nor a directory we created)
+        empty = exc_type is not None and [p.name for p in directory.iterdir()] == [self.path.name]
+        if empty:
+            self.path.unlink(missing_ok=True)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+        if empty and directory.resolve() in _CREATED:
+            _CREATED.discard(directory.resolve())
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def check_out_dir(out: str | os.PathLike) -> Path:
@@ -144,6 +158,8 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     if str(out).strip() == "":
         raise ValueError("out: expected a directory path, got an empty string")
     out = Path(out)
+    if not out.exists():
+        _CREATED.add(out.resolve())
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

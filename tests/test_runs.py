@@ -73,7 +73,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_partial(tmp_path, monkeypatc
     errors = [line for line in lines if line.startswith("pyro-ima: error")]
     assert len(errors) == 1 and "cannot write state.pt" in errors[0], lines
     assert all(line.startswith("pyro-ima: ") for line in lines)  # no traceback
-    assert not list(out.iterdir()) or {p.name for p in out.iterdir()} == {".pyro_ima.lock"}
+    assert not out.exists()  # nothing was written: no directory, no lock file
 
 
 def test_results_files_are_readable_by_others(tmp_path):
@@ -245,3 +245,12 @@ def test_a_singular_posterior_is_marked_never_a_linalg_error():
     assert rep["predicted_gap"].shape == (5,)
     assert bool(torch.isinf(rep["c_ima"]).all())
 
+
+
+def test_a_refused_run_leaves_no_directory_or_lock_behind(tmp_path):
+    out = tmp_path / "new"
+    assert main(["train", *TINY[2:], "--data", str(tmp_path / "no.npy"), "--out", str(out)]) == 2
+    assert not out.exists()
+    out.mkdir()  # the user's own empty directory stays, without our lock file
+    assert main(["train", *TINY[2:], "--data", str(tmp_path / "no.npy"), "--out", str(out)]) == 2
+    assert out.is_dir() and list(out.iterdir()) == []
