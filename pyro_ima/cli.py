@@ -26,7 +26,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """``--help`` shows every default."""
+    """``--help`` shows every default once: appended where the help text does not state it,
+    left out for flags and for options whose default is decided later (``None``)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 def _positive_float(text: str) -> float:
@@ -66,7 +73,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
     p.add_argument("--mixing", choices=[m for m in MIXING_NAMES if m != "data"], default=None,
                    help="ground-truth mixing, or 'sprites' for the rendered Sprites images "
-                        "(with --prior beta --dim 4; conv encoder/decoder) [moebius]")
+                        "(with --prior beta --dim 4; conv encoder/decoder); default moebius")
     p.add_argument("--data", default=None, metavar="FILE",
                    help="train on your own (N, D) array instead (.npy, or .pt holding a "
                         "tensor); --dim is then the latent size")
@@ -84,19 +91,21 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fixed-decoder", action="store_true",
                    help="fix the decoder to the true mixing and train the encoder alone")
     p.add_argument("--hidden", type=_widths, default=d.hidden,
-                   help="MLP hidden layer widths, comma-separated (e.g. 50,50)")
+                   help="MLP hidden layer widths, comma-separated; default 50,50")
     p.add_argument("--n", type=_int_in(1, MAX_N), default=None,
                    help=f"data points in total (split 0.7/0.2/0.1; each split needs >= 3); "
                         f"default {d.n}; with --data, every point of the file")
     p.add_argument("--epochs", type=_int_in(1, 1_000_000), default=d.epochs,
                    help="maximum epochs")
-    p.add_argument("--batch-size", type=_int_in(1, 1_000_000), default=d.batch_size)
+    p.add_argument("--batch-size", type=_int_in(1, 1_000_000), default=d.batch_size,
+                   help="points per SVI step")
     p.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam learning rate")
     p.add_argument("--patience", type=_int_in(1, 1_000_000), default=d.patience,
                    help="early-stopping patience in epochs")
     p.add_argument("--init-scale", type=_positive_float, default=None,
                    help="initial guide standard deviation (default: softplus(0) = 0.69)")
-    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=d.seed)
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=d.seed,
+                   help="seeds the data, the initial weights and every draw")
     p.add_argument("--eval-points", type=_int_in(1, 1_000_000), default=None,
                    help="test points for the importance-sampled log p (default: 500; 100 for "
                         "sprites)")
@@ -118,8 +127,8 @@ def _add_device_args(p: argparse.ArgumentParser, of_run: bool = False) -> None:
 
 def _add_force(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--force", action="store_true",
-                   help=f"replace what OUT already holds (another {what}); without it such an "
-                        f"OUT is refused")
+                   help=f"replace what OUT already holds (another {what}, or this one: computed "
+                        f"again); without it another {what} in OUT is refused")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", choices=sorted(STUDIES), help="the study")
     p.add_argument("--quick", action="store_true", help="small sizes (minutes on 2 cores)")
     p.add_argument("--from", dest="from_file", default=None, metavar="RESULTS_JSON",
-                   help="re-run the study (same name and size) that wrote this results.json")
+                   help="re-run the study (same name and size) that wrote this results.json, "
+                        "into --out (default runs/NAME[-quick], not the file's directory)")
     p.add_argument("--out", default=None, help="output directory (default: runs/NAME[-quick])")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_force(p, "study or config")
