@@ -209,10 +209,10 @@ def _cmd_train(args) -> int:
                     device=args.device, dtype=args.dtype,
                     data=None if args.data is None else os.path.abspath(args.data))
     results, _ = train_run(cfg, args.out, progress=not args.quiet, force=args.force)
-    e = results["elbo"]
-    print(f"trained {cfg.guide} guide, {results['epochs_run']} epochs in "
-          f"{results['seconds']:.1f}s: ELBO train {e['train']:.3f} val {e['val']:.3f} "
-          f"test {e['test']:.3f} -> {args.out}/results.json")
+    e, n = results["elbo"], results["epochs_run"]
+    print(f"trained {cfg.guide} guide, {n} epoch{'s' if n != 1 else ''} (best: epoch "
+          f"{results['best_epoch'] + 1}) in {results['seconds']:.1f}s: ELBO train "
+          f"{e['train']:.3f} val {e['val']:.3f} test {e['test']:.3f} -> {args.out}/results.json")
     print(summary_line(results["metrics"]))
     return 0
 
@@ -228,6 +228,10 @@ def _cmd_evaluate(args) -> int:
     with DirLock(args.run_dir):
         results, cfg, ds, vae, guide = load_run(args.run_dir, device=args.device,
                                                 dtype=args.dtype)
+        n_test = ds.test.x.shape[0]
+        if args.points is not None and args.points > n_test:
+            raise ValueError(f"points: expected at most the run's {n_test} test points, got "
+                             f"{args.points}")
         sizes = {k: v for k, v in (("points", args.points), ("is_samples", args.samples))
                  if v is not None}
         m = evaluate(ds, vae, guide, config=dataclasses.replace(cfg.eval_config(), **sizes),

@@ -131,8 +131,9 @@ def load_array(path) -> torch.Tensor:
                                                             arr.dtype in (torch.int64,
                                                                           torch.int32,
                                                                           torch.uint8)):
-        raise ValueError(f"data: {path!r} must hold one numeric (N, D) array, got "
-                         f"{getattr(arr, 'shape', type(arr).__name__)}")
+        what = (f"{tuple(arr.shape)} of {str(arr.dtype).replace('torch.', '')}"
+                if torch.is_tensor(arr) else type(arr).__name__)
+        raise ValueError(f"data: {path!r} must hold one real-valued (N, D) array, got {what}")
     arr = arr.to(torch.get_default_dtype())
     if not bool(torch.isfinite(arr).all()):
         raise ValueError(f"data: {path!r} holds NaN or inf values")

@@ -18,7 +18,7 @@ from pyro_ima.cli import main
 from pyro_ima.experiments import run_study
 from pyro_ima.fileio import DirLock, check_out_dir
 from pyro_ima.linear_gaussian import LinearGaussian
-from pyro_ima.runs import RunConfig, load_results, load_run
+from pyro_ima.runs import RunConfig, load_results, load_run, train_run
 
 DOC = Path(__file__).parent.parent / "docs" / "bad_inputs.md"
 
@@ -157,6 +157,8 @@ CASES = {
                                              "--out", str(t)]), 2, "data"),
     "cli_data_with_n": (lambda t: main(["train", "--data", "x.npy", "--n", "500",
                                         "--out", str(t)]), 2, "n"),
+    "cli_evaluate_points_above_test_size": (lambda t: _evaluate_too_many_points(t), 2,
+                                            "points"),
     "cli_from_quick_not_bool": (lambda t: main(["experiment", "--from",
                                                 _from_file(t, quick="false")]), 2, "from"),
     "study_dir_other_config": (lambda t: run_study("beta_gamma", _study_dir(t), quick=True),
@@ -212,6 +214,8 @@ CASES = {
     "refined_guide_other_points": (lambda t: _refined_other_points(), ValueError, "x"),
     "user_data_not_2d": (lambda t: data.load_array(_npy(t, torch.zeros(5, 2, 2).numpy())),
                          ValueError, "data"),
+    "user_data_complex": (lambda t: data.load_array(_npy(t, np.ones((4, 2), np.complex64))),
+                          ValueError, "real-valued (N, D) array, got (4, 2) of complex64"),
     "user_data_nan": (lambda t: data.load_array(_npy(t, np.full((40, 2), np.nan))), ValueError,
                       "data"),
 }
@@ -283,6 +287,15 @@ def _local_latent(x):
     with pyro.plate("data", x.shape[0]):
         z = pyro.sample("z", pdist.Normal(0.0, 1.0).expand([3]).to_event(1))
         pyro.sample("x", pdist.Normal(z, 1.0).to_event(1), obs=x)
+
+
+def _evaluate_too_many_points(t):
+    import warnings
+    with warnings.catch_warnings():  # a 1-epoch run's estimates are flagged; not the point here
+        warnings.simplefilter("ignore")
+        train_run(RunConfig(n=200, epochs=1, hidden=(4,), eval_points=5, eval_samples=5),
+                  t / "r")
+    return main(["evaluate", str(t / "r"), "--points", "21"])  # 20 test points
 
 
 def _local_latent_guide(x):

@@ -185,7 +185,8 @@ def summary_line(m: dict) -> str:
     if "c_ima" in m:
         parts.append(f"c_IMA {m['c_ima']:.3f}  c_conf {m['c_conf']:.3f}")
     if "elbo" in m:
-        parts.append(f"ELBO {m['elbo']:.3f}  IS log p {m['log_px_is']:.3f} (k-hat median "
+        on = f"on {m['is_points']} test points: " if "is_points" in m else ""
+        parts.append(f"{on}ELBO {m['elbo']:.3f}  IS log p {m['log_px_is']:.3f} (k-hat median "
                      f"{_fmt(m.get('khat_median'), '.2f')}, {m['khat_frac_above']:.0%} > "
                      f"{KHAT_THRESHOLD}; {m['flagged_frac']:.0%} flagged unreliable)  "
                      f"gap {m['gap']:.3f}")

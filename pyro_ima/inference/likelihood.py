@@ -214,14 +214,13 @@ def _is_estimates(lw: torch.Tensor) -> dict[str, torch.Tensor]:
             "ess": torch.exp(2 * lse - torch.logsumexp(2 * lw, 0)), "khat": khat}
 
 
-def _warn_unreliable(res: ISResult, warn_above: float) -> None:
+def _warn_unreliable(res: ISResult, warn_above: float, remedy: str) -> None:
     frac = float((~res.reliable).double().mean())
     if frac > warn_above:
         warnings.warn(f"importance_log_px: {frac:.0%} of points are flagged unreliable (PSIS "
                       f"k-hat > {KHAT_THRESHOLD}, a standard error above "
                       f"{RELIABILITY['max_std_error']} nats, or a proposal off the posterior "
-                      f"mode); their log p(x) estimates are not to be trusted (try "
-                      f"proposal='laplace', widen > 1 or more samples)",
+                      f"mode); their log p(x) estimates are not to be trusted (try {remedy})",
                       RuntimeWarning, stacklevel=3)
 
 
@@ -329,7 +328,8 @@ def vae_importance_log_px(vae: VAE, guide: AmortizedGaussianGuide, x, *,
     cat["reliable"] = reliability(cat["khat"], cat["ess"], num_samples, cat["mode_distance"],
                                   cat["mode_found"])
     res = ISResult(**cat, num_samples=num_samples)
-    _warn_unreliable(res, khat_warn)
+    _warn_unreliable(res, khat_warn, "widen > 1 or more samples" if proposal == "laplace" else
+                     "proposal='laplace', widen > 1 or more samples")
     return res
 
 
@@ -357,8 +357,10 @@ def importance_log_px(model, guide, *args, num_samples: int = 1000, seed: int = 
       ``sample_chunk`` (particles per pass, default 250), ``data_plate``, ``replica_plate``.
       Draws come from PyTorch's RNG seeded with ``seed`` (forked).
     - ``importance_log_px(vae, guide, x, proposal="guide" | "laplace", widen=1.0, ...)`` for a
-      library VAE: ``"laplace"`` (Gaussian VAEs) is ``N(mu(x), widen^2 P^-1)`` with the full
-      Laplace precision ``P`` at the guide's mean (:func:`laplace_precision`), the better
+      library VAE: ``"laplace"`` (Gaussian VAEs) is ``N(u*, widen^2 P^-1)`` at each point's
+      posterior mode ``u*`` (found by damped Newton from the guide's mean; where none is found,
+      the guide's own Gaussian, and the point is flagged) with the full Laplace precision ``P``
+      there (:func:`laplace_precision`), the better
       proposal in the near-deterministic regime where a diagonal ``q`` is too narrow along
       correlated directions; chunks of ``chunk_size`` points (default 100) by
       ``sample_chunk`` samples (default 250) bound memory (K = 1000 on 10,000 points, d = 3:
@@ -392,5 +394,5 @@ def importance_log_px(model, guide, *args, num_samples: int = 1000, seed: int = 
     est = _is_estimates(lw)
     res = ISResult(**est, num_samples=num_samples,
                    reliable=reliability(est["khat"], est["ess"], num_samples))
-    _warn_unreliable(res, khat_warn)
+    _warn_unreliable(res, khat_warn, "a wider proposal guide or more samples")
     return res
