@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-run the study (same name and size) that wrote this results.json, "
                         "into --out (default runs/NAME[-quick], not the file's directory)")
     p.add_argument("--out", default=None, help="output directory (default: runs/NAME[-quick])")
+    p.add_argument("--summary-to", default=None, metavar="JSON",
+                   help="also write the study's headline numbers to this file (moebius: "
+                        "docs/results/moebius.json)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_force(p, "study or config")
     _add_device_args(p)
@@ -270,7 +273,8 @@ def _cmd_experiment(args) -> int:
     with executor:
         meta = run_study(args.name, args.out, quick=args.quick, progress=not args.quiet,
                          device=args.device, dtype=args.dtype, force=args.force,
-                         executor=None if args.executor == "local" else executor)
+                         executor=None if args.executor == "local" else executor,
+                         summary_to=args.summary_to)
     print(meta["table"])
     print(f"{args.name}: {meta['claim']} ({meta['seconds']:.0f}s) -> {args.out}")
     return 0

@@ -51,8 +51,14 @@ def test_unknown_study_is_a_one_line_error(capsys):
 
 def test_moebius_quick_decoder_contrast_collapses_at_large_gamma(tmp_path):
     out = tmp_path / "mo"
-    assert main(["experiment", "moebius", "--quick", "--quiet", "--out", str(out)]) == 0
+    head = tmp_path / "results" / "moebius.json"
+    assert main(["experiment", "moebius", "--quick", "--quiet", "--out", str(out),
+                 "--summary-to", str(head)]) == 0
     s = json.loads((out / "summary.json").read_text())["summary"]
+    h = json.loads(head.read_text())  # the committed-summary format, written by the study
+    assert set(h["mcc_by_gamma2"]) == {"1e1", "1e5"} and h["quick"] is True
+    assert h["mcc_by_gamma2"]["1e5"] == s["mcc"][next(k for k in s["mcc"]
+                                                     if float(k) == 1e5)]["mean"]
     c_ima = {float(g): v["mean"] for g, v in s["c_ima"].items()}
     mcc = {float(g): v["mean"] for g, v in s["mcc"].items()}
     # the robust part at this size: the learned decoder becomes (near-)IMA as gamma2 grows

@@ -88,7 +88,7 @@ def _claim(out: Path, name: str, quick: bool, fingerprint: str, force: bool) -> 
 
 def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: bool = True,
               device: str = "cpu", dtype: str = "float32", force: bool = False,
-              executor=None) -> dict:
+              executor=None, summary_to: str | Path | None = None) -> dict:
     """Run (or resume) study ``name``; write results.csv/json, the figure and a summary.
 
     Every setting runs with ``device`` and ``dtype`` as PyTorch's defaults (its data and
@@ -97,11 +97,17 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: 
     another config is refused unless ``force`` (which clears the directory's study outputs),
     and one process at a time writes ``out``. ``executor`` runs the settings (``None``: this
     process; see :mod:`~pyro_ima.experiments.executors`): workers compute and write their
-    settings, this process collects and summarizes.
+    settings, this process collects and summarizes. ``summary_to``: also write the study's
+    headline numbers (its ``headline(summary)``: e.g. ``docs/results/moebius.json``) there,
+    atomically, with the study's name, size, config, fingerprint, versions and wall time.
     """
     if name not in STUDIES:
         raise ValueError(f"name: expected one of {sorted(STUDIES)}, got {name!r}")
     mod = STUDIES[name]
+    if summary_to is not None and not hasattr(mod, "headline"):
+        have = sorted(k for k, m in STUDIES.items() if hasattr(m, "headline"))
+        raise ValueError(f"summary_to: study {name!r} has no headline summary (those that do: "
+                         f"{', '.join(have)})")
     cfg = mod.QUICK if quick else mod.FULL
     out = check_out_dir(out_dir)
     rt = Runtime(progress=progress and executor is None, device=device, dtype=dtype,
@@ -124,4 +130,15 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: 
         mod.plot(rows, summary, out / name)
         meta["seconds"] = time.perf_counter() - t
         atomic_write_json(out / "summary.json", meta)
+    if summary_to is not None:
+        target = Path(summary_to)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(target, {"kind": "pyro_ima.headline", "study": name, "quick": quick,
+                                   **mod.headline(summary),
+                                   "config": meta["config"], "dtype": dtype,
+                                   "fingerprint": fingerprint, "versions": meta["versions"],
+                                   "seconds": round(meta["seconds"], 1),
+                                   "command": f"pyro-ima experiment {name}"
+                                              f"{' --quick' if quick else ''} --summary-to "
+                                              f"{summary_to}"})
     return meta
