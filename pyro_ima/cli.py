@@ -171,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "into --out (default runs/NAME[-quick], not the file's directory)")
     p.add_argument("--out", default=None, help="output directory (default: runs/NAME[-quick])")
     p.add_argument("--summary-to", default=None, metavar="JSON",
-                   help="also write the study's headline numbers to this file (moebius: "
-                        "docs/results/moebius.json)")
+                   help="also write the study's headline numbers to this file (moebius and "
+                        "sprites: docs/results/NAME.json)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_force(p, "study or config")
     _add_device_args(p)

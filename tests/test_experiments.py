@@ -156,11 +156,16 @@ def test_encoder_side_quick_learned_noise_moves_the_penalty_to_the_rows(tmp_path
 def test_sprites_quick_runs_and_reports_per_factor_mcc(tmp_path, monkeypatch):
     monkeypatch.setenv("PYRO_IMA_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "sp"
-    assert main(["experiment", "sprites", "--quick", "--quiet", "--out", str(out)]) == 0
-    s = json.loads((out / "summary.json").read_text())["summary"]["final"]
+    head = tmp_path / "sprites.json"
+    assert main(["experiment", "sprites", "--quick", "--quiet", "--out", str(out),
+                 "--summary-to", str(head)]) == 0
+    s = json.loads((out / "summary.json").read_text())["summary"]["by_gamma2"]["1.0"]
     for k in ("mcc", "mcc_x", "mcc_y", "mcc_scale", "mcc_hue"):
         assert 0 <= s[k] <= 1
-    assert s["c_ima"] >= 0
+    assert s["c_ima"] >= 0 and s["seeds"] == 2
+    h = json.loads(head.read_text())
+    assert h["mcc_mean"] == s["mcc"] and h["mcc_per_factor"]["size"] == s["mcc_scale"]
+    assert set(h["mcc_per_factor"]) == {"x", "y", "size", "hue"}
     assert (out / "sprites.png").exists()
     assert (out / "traversal_seed0.png").exists() and (out / "traversal_seed1.png").exists()
 

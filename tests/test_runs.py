@@ -254,3 +254,18 @@ def test_a_refused_run_leaves_no_directory_or_lock_behind(tmp_path):
     out.mkdir()  # the user's own empty directory stays, without our lock file
     assert main(["train", *TINY[2:], "--data", str(tmp_path / "no.npy"), "--out", str(out)]) == 2
     assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_a_study_runs_with_a_config_of_its_own(tmp_path):
+    import dataclasses
+
+    from pyro_ima.experiments import beta_gamma, run_study
+    cfg = dataclasses.replace(beta_gamma.QUICK, ratios=(1e2,), betas=(1.0, 4.0), points=20,
+                              refine_steps=20, is_samples=50)
+    meta = run_study("beta_gamma", tmp_path / "a", quick=True, progress=False, config=cfg)
+    assert list(meta["config"]["ratios"]) == [100.0] and len(meta["summary"]["spread_across_beta"]) == 1
+    # the config is part of the cache key: QUICK in the same directory is another study
+    with pytest.raises(ValueError, match="another config"):
+        run_study("beta_gamma", tmp_path / "a", quick=True, progress=False)
+    with pytest.raises(TypeError, match="config"):
+        run_study("beta_gamma", tmp_path / "b", quick=True, config={"ratios": (1e2,)})

@@ -8,9 +8,9 @@ from matplotlib.colors import rgb_to_hsv
 from pyro_ima import inference, models, priors, sprites
 
 
-def _images(n=400, seed=0):
+def _images(n=400, seed=0, geometry="spriteworld"):
     f = sprites.sample_factors(n, *sprites.default_beta_params(seed), seed)
-    return f, sprites.render(f)
+    return f, sprites.render(f, geometry=geometry)
 
 
 def test_deterministic_per_seed():
@@ -25,7 +25,7 @@ def test_deterministic_per_seed():
 
 
 def test_every_factor_is_recoverable_from_the_images():
-    f, im = _images(n=600)
+    f, im = _images(n=600, geometry="compact")  # always inside the frame
     intensity = im.astype(np.float64).sum(1)  # (n, H, W)
     mass = intensity.sum((1, 2))
     cols = np.arange(64) + 0.5
@@ -43,6 +43,46 @@ def test_every_factor_is_recoverable_from_the_images():
                       for i in range(len(f))]) / (2 * np.pi) % 1
     err = np.abs((angle - f[:, 3] + 0.5) % 1 - 0.5)
     assert np.median(err) < 0.01
+
+
+def test_spriteworld_geometry_square_has_circumradius_b_s():
+    # a square fully inside the frame covers (sqrt(2) B_s * 64)^2 pixels; one centred on a
+    # corner shows a quarter of itself; the compact geometry's side is 0.11 + 0.09 B_s
+    f = np.array([[0.5, 0.5, 0.3, 0.0], [0.0, 1.0, 0.3, 0.0], [0.4, 0.6, 0.05, 0.5]])
+    cov = sprites.coverage(f, geometry="spriteworld")
+    side = np.sqrt(2) * f[:, 2] * 64
+    # edges snap to the 4 x 4 subsamples: the side is off by up to 1/4 pixel
+    def close(area, side):
+        return abs(area - side ** 2) <= 2 * side * 0.25 + 0.1
+
+    assert close(cov[0].sum(), side[0]) and close(cov[2].sum(), side[2])
+    assert close(cov[1].sum(), side[1] / 2)
+    compact = sprites.coverage(f, geometry="compact")
+    assert close(compact[0].sum(), (0.11 + 0.09 * 0.3) * 64)
+    with pytest.raises(ValueError, match="geometry"):
+        sprites.coverage(f, geometry="triangle")
+
+
+def test_factor_signal_measures_the_spriteworld_geometry_as_far_richer():
+    sw = sprites.factor_signal("spriteworld", n=200)
+    co = sprites.factor_signal("compact", n=200)
+    assert sw["pixel_variance"] > 5 * co["pixel_variance"]
+    for k in sprites.FACTORS:
+        assert sw["per_factor"][k] > 5 * co["per_factor"][k]
+    # against a direct computation for the compact x factor: shifting a square of side s by
+    # dx moves 2 s dx of its area (per colour channel at full value) to new pixels
+    f = sprites.sample_factors(200, *sprites.default_beta_params(0), 0)
+    side = (0.11 + 0.09 * f[:, 2]) * 64
+    sd = f[:, 0].std() * 0.55 * 64  # one sd of B_x, in pixels
+    brightness = _channel_sq(f[:, 3])  # sum of squared RGB values of the square's colour
+    approx = float((2 * side * sd ** 2 * brightness).mean())  # edge pixels: (sd * 1)^2 each
+    assert 0.7 < co["per_factor"]["x"] / approx < 1.3, (co["per_factor"]["x"], approx)
+
+
+def _channel_sq(hue):
+    from matplotlib.colors import hsv_to_rgb
+    rgb = hsv_to_rgb(np.stack([hue, np.ones_like(hue), np.ones_like(hue)], -1))
+    return (rgb ** 2).sum(-1)
 
 
 def test_dataset_is_cached(tmp_path):

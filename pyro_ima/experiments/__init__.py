@@ -88,7 +88,7 @@ def _claim(out: Path, name: str, quick: bool, fingerprint: str, force: bool) -> 
 
 def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: bool = True,
               device: str = "cpu", dtype: str = "float32", force: bool = False,
-              executor=None, summary_to: str | Path | None = None) -> dict:
+              executor=None, summary_to: str | Path | None = None, config=None) -> dict:
     """Run (or resume) study ``name``; write results.csv/json, the figure and a summary.
 
     Every setting runs with ``device`` and ``dtype`` as PyTorch's defaults (its data and
@@ -100,6 +100,8 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: 
     settings, this process collects and summarizes. ``summary_to``: also write the study's
     headline numbers (its ``headline(summary)``: e.g. ``docs/results/moebius.json``) there,
     atomically, with the study's name, size, config, fingerprint, versions and wall time.
+    ``config``: a ``Config`` of the study's module in place of its ``QUICK``/``FULL`` (e.g.
+    ``sprites_study.PAPER``, the paper's GPU protocol); it is part of the cache key like any.
     """
     if name not in STUDIES:
         raise ValueError(f"name: expected one of {sorted(STUDIES)}, got {name!r}")
@@ -108,7 +110,10 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: 
         have = sorted(k for k, m in STUDIES.items() if hasattr(m, "headline"))
         raise ValueError(f"summary_to: study {name!r} has no headline summary (those that do: "
                          f"{', '.join(have)})")
-    cfg = mod.QUICK if quick else mod.FULL
+    if config is not None and not isinstance(config, mod.Config):
+        raise TypeError(f"config: expected a {mod.__name__}.Config, got "
+                        f"{type(config).__name__}")
+    cfg = config if config is not None else (mod.QUICK if quick else mod.FULL)
     out = check_out_dir(out_dir)
     rt = Runtime(progress=progress and executor is None, device=device, dtype=dtype,
                  out_dir=out, threads=getattr(executor, "threads", None))
@@ -119,7 +124,7 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: 
         (out / "settings").mkdir(exist_ok=True)
         tasks = [SettingTask(name, quick, s, str(out / "settings" /
                                                  f"{setting_key(s, fingerprint)}.json"),
-                             fingerprint, rt) for s in mod.settings(cfg)]
+                             fingerprint, rt, config) for s in mod.settings(cfg)]
         rows = run_sweep(tasks, desc=name, progress=progress, executor=executor)
         summary = mod.summarize(rows)
         meta = {"kind": "pyro_ima.study", "study": name, "quick": quick,

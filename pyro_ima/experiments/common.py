@@ -183,6 +183,7 @@ class SettingTask:
     path: str
     fingerprint: str
     runtime: Runtime
+    config: object = None  # the study's Config when it is not its QUICK or FULL
 
 
 def execute_setting(task: SettingTask) -> dict:
@@ -193,7 +194,7 @@ def execute_setting(task: SettingTask) -> dict:
 
     from . import STUDIES
     mod = STUDIES[task.study]
-    cfg = mod.QUICK if task.quick else mod.FULL
+    cfg = task.config if task.config is not None else (mod.QUICK if task.quick else mod.FULL)
     if task.runtime.threads is not None:
         torch.set_num_threads(task.runtime.threads)
     t = time.perf_counter()

@@ -55,7 +55,8 @@ class Config(TrainingConfig):
     seeds: int = 10
 
 
-FULL = Config()
+# Part B trains with the Moebius study's protocol (lr 3e-3, per-replica plateau halving).
+FULL = Config(epochs=60, patience=3, lr=3e-3, lr_halvings=4)
 QUICK = Config(gamma2s=(1e2, 1e4), points=100, refine_steps=100, is_samples=300, seeds=2,
                n=2000, epochs=8, patience=4)
 
