@@ -263,7 +263,8 @@ def test_a_study_runs_with_a_config_of_its_own(tmp_path):
     cfg = dataclasses.replace(beta_gamma.QUICK, ratios=(1e2,), betas=(1.0, 4.0), points=20,
                               refine_steps=20, is_samples=50)
     meta = run_study("beta_gamma", tmp_path / "a", quick=True, progress=False, config=cfg)
-    assert list(meta["config"]["ratios"]) == [100.0] and len(meta["summary"]["spread_across_beta"]) == 1
+    assert list(meta["config"]["ratios"]) == [100.0]
+    assert len(meta["summary"]["spread_across_beta"]) == 1
     # the config is part of the cache key: QUICK in the same directory is another study
     with pytest.raises(ValueError, match="another config"):
         run_study("beta_gamma", tmp_path / "a", quick=True, progress=False)

@@ -27,8 +27,8 @@ from ..fileio import atomic_write_bytes
 from .common import Runtime, TrainingConfig, format_table, save_figure, train
 from .figures import GAMMA2, SWEEP, caption, pyplot
 
-__all__ = ["Config", "QUICK", "FULL", "PAPER", "settings", "run_setting", "summarize", "plot", "claim",
-           "traversal", "plot_traversal", "headline"]
+__all__ = ["Config", "QUICK", "FULL", "PAPER", "settings", "run_setting", "summarize", "plot",
+           "claim", "traversal", "plot_traversal", "headline"]
 
 
 @dataclass(frozen=True)
