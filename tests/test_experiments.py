@@ -167,7 +167,8 @@ def test_sprites_quick_runs_and_reports_per_factor_mcc(tmp_path, monkeypatch):
     assert h["mcc_mean"] == s["mcc"] and h["mcc_per_factor"]["size"] == s["mcc_scale"]
     assert set(h["mcc_per_factor"]) == {"x", "y", "size", "hue"}
     assert (out / "sprites.png").exists()
-    assert (out / "traversal_seed0.png").exists() and (out / "traversal_seed1.png").exists()
+    assert (out / "traversal_gamma2_1_seed0.png").exists()
+    assert (out / "traversal_gamma2_1_seed1.png").exists()
 
 
 def test_traversal_sweeps_one_latent_over_prior_quantiles_and_holds_the_rest():

@@ -53,7 +53,7 @@ def _outputs(out: Path) -> list[Path]:
     found = [out / f for f in STUDY_FILES if (out / f).exists()]
     for stem in STUDIES:
         found += [p for p in (out / f"{stem}.png", out / f"{stem}.pdf") if p.exists()]
-    return found + sorted(out.glob("traversal_seed*.png"))
+    return found + sorted(out.glob("traversal_*.png"))
 
 
 def _claim(out: Path, name: str, quick: bool, fingerprint: str, force: bool) -> None:

@@ -8,8 +8,9 @@ gamma2 = 1. Per seed: MCC (overall and per factor: x, y, scale, hue) and the dec
 inferred latents (tall Jacobians, 12,288 x 4) over training, and a latent-traversal figure.
 Conv networks are not replica-batched, so seeds run one after another. Reference (paper):
 per-factor MCC 0.989 / 0.996 / 0.933 / 0.989 (y, x, scale, colour). Each seed also writes
-``traversal_seed{S}.png``: one row per latent, swept over the prior's 5-95% quantiles from a test
-image's inferred latents, labelled with the factor the MCC matching assigns to it.
+``traversal_gamma2_{G}_seed{S}.png``: one row per latent, swept over the prior's 5-95%
+quantiles from a test image's inferred latents, labelled with the factor the MCC matching
+assigns to it.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dic
         factor_of = {int(matching[k]): name for k, name in enumerate(sprites.FACTORS)}
         labels = [f"z{j} ~ {factor_of.get(j, '?')}" for j in range(4)]
         plot_traversal(traversal(vae, guide, x[0]), labels,
-                       Path(rt.out_dir) / f"traversal_seed{seed}.png")
+                       Path(rt.out_dir) / f"traversal_gamma2_{g2:g}_seed{seed}.png")
     return rows
 
 
@@ -223,7 +224,7 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     ax.set_xlabel(GAMMA2)
     ax.set_ylabel("MCC at the end of training")
     ax.set_title(r"MCC by $\gamma^2$")
-    ax.legend(loc="lower left")
+    ax.legend(loc="lower right")
     ax = axes[2]
     g0 = 1.0 if 1.0 in by else gs[0]
     xs = np.arange(len(sprites.FACTORS))
@@ -233,10 +234,11 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     ax.bar(xs + 0.2, [PAPER_PER_FACTOR[f] for f in sprites.FACTORS], 0.4, color="C3",
            label=r"paper Fig. 5, $\gamma^2$ = 1")
     ax.set_xticks(xs, ["x position", "y position", "size", "hue"])
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.25)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("MCC of the matched latent")
     ax.set_title("per factor")
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper center", ncol=2)
     seeds = max(v["seeds"] for v in by.values())
     caption(fig, f"Sprites (64 x 64 RGB, one square; spriteworld's factor ranges, Beta "
                  f"factors and prior), conv VAE with a diagonal Gaussian encoder, {seeds} "
