@@ -19,6 +19,7 @@ diagonal guide with isotropic noise (penalty ``c_IMA``, which these mixings do n
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,8 +113,10 @@ def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dic
     failed = torch.zeros(R, dtype=torch.bool)
     if warmup:  # trained jointly from the start, one tau inflates to absorb the encoder's error
         vae.log_tau.requires_grad_(False)
-        failed |= train(vae, guide, x, x_val, _LINEAR_TRAINING, seeds, rt,
-                        desc="encoder side (tau held)", epochs=warmup).failed
+        with warnings.catch_warnings():  # Pyro notes that a frozen parameter is not registered
+            warnings.filterwarnings("ignore", "log_tau was not registered", UserWarning)
+            failed |= train(vae, guide, x, x_val, _LINEAR_TRAINING, seeds, rt,
+                            desc="encoder side (tau held)", epochs=warmup).failed
         vae.log_tau.requires_grad_(True)
     failed |= train(vae, guide, x, x_val, _LINEAR_TRAINING, seeds, rt, desc="encoder side",
                     epochs=cfg.epochs - warmup).failed
