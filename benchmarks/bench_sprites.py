@@ -1,6 +1,7 @@
 """Benchmark: render 60,000 Sprites images; compare with plain 2-D supersampling.
 
-    python benchmarks/bench_sprites.py [--n 60000] [--figure docs/figures/sprites.png]
+    python benchmarks/bench_sprites.py [--n 60000] [--geometry spriteworld|compact]
+                                       [--figure docs/figures/sprites_samples.png]
 
 The library renders a square's anti-aliased coverage as the product of two 1-D supersampled
 coverages (exact for an axis-aligned square). The baseline supersamples the full 2-D grid
@@ -19,13 +20,17 @@ from matplotlib.colors import hsv_to_rgb
 from pyro_ima import sprites
 
 
-def baseline_render(f: np.ndarray, size=64, ss=4, chunk=50) -> np.ndarray:
+def baseline_render(f: np.ndarray, size=64, ss=4, chunk=50,
+                    geometry="spriteworld") -> np.ndarray:
     out = np.empty((len(f), 3, size, size), dtype=np.uint8)
     sub = (np.arange(size * ss) + 0.5) / (size * ss)
     for s in range(0, len(f), chunk):
         g = f[s:s + chunk]
-        cx, cy = 0.2 + 0.55 * g[:, 0], 0.2 + 0.55 * g[:, 1]
-        half = (0.11 + 0.09 * g[:, 2]) / 2
+        if geometry == "compact":
+            cx, cy = 0.2 + 0.55 * g[:, 0], 0.2 + 0.55 * g[:, 1]
+            half = (0.11 + 0.09 * g[:, 2]) / 2
+        else:  # spriteworld's ranges: centre anywhere, circumradius B_s
+            cx, cy, half = g[:, 0], g[:, 1], g[:, 2] / np.sqrt(2.0)
         X, Y = sub[None, None, :], sub[::-1][None, :, None]
         inside = ((np.abs(X - cx[:, None, None]) <= half[:, None, None])
                   & (np.abs(Y - cy[:, None, None]) <= half[:, None, None]))
@@ -38,13 +43,13 @@ def baseline_render(f: np.ndarray, size=64, ss=4, chunk=50) -> np.ndarray:
 def main(args):
     f = sprites.sample_factors(args.n, *sprites.default_beta_params(0), 0)
     t = time.perf_counter()
-    images = sprites.render(f)
+    images = sprites.render(f, geometry=args.geometry)
     t_lib = time.perf_counter() - t
     t = time.perf_counter()
-    base = baseline_render(f[: args.baseline_n])
+    base = baseline_render(f[: args.baseline_n], geometry=args.geometry)
     t_base = (time.perf_counter() - t) * args.n / args.baseline_n
     same = np.abs(base.astype(int) - images[: args.baseline_n].astype(int)).max()
-    print(f"render {args.n} images 64x64: library {t_lib:.2f}s; 2-D supersampling baseline "
+    print(f"render {args.n} images 64x64 ({args.geometry}): library {t_lib:.2f}s; 2-D supersampling baseline "
           f"{t_base:.1f}s (extrapolated from {args.baseline_n}) -> ratio {t_lib / t_base:.3f}; "
           f"max pixel difference {same}")
     if args.figure:
@@ -65,4 +70,5 @@ if __name__ == "__main__":
     p.add_argument("--n", type=int, default=60_000)
     p.add_argument("--baseline-n", type=int, default=2000)
     p.add_argument("--figure", default=None)
+    p.add_argument("--geometry", choices=sprites.GEOMETRIES, default="spriteworld")
     main(p.parse_args())
