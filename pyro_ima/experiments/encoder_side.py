@@ -256,9 +256,10 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
              "isotropic_noise": r"isotropic noise", "learned_tau": r"learned $\tau$"}
     ax.set_xticks(xs, ["\n".join(names[p] for p in k.split("/")) for k in keys])
     ax.set_ylabel("nats")
+    ax.set_ylim(0, 1.25 * max(summary[k].get("c_conf", 0.0) for k in keys) if keys else 1.0)
     ax.set_title(r"A: isotropic encoder, fixed linear decoder, $\gamma^2$ = "
                  f"{rows[0]['gamma2']:g}")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper center", ncol=2)
     ax = axes[1]
     learners = (("isotropic_learned_tau", "C0", r"isotropic encoder, learned $\tau$"),
                 ("diagonal_isotropic_noise", "C1", "diagonal encoder, isotropic noise"))
