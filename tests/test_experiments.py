@@ -146,6 +146,12 @@ def test_encoder_side_quick_learned_noise_moves_the_penalty_to_the_rows(tmp_path
     iso, learned = s["row_orthogonal/isotropic_noise"], s["row_orthogonal/learned_tau"]
     assert iso["c_conf"] > 0.5 and abs(iso["gap"] / iso["c_conf"] - 1) < 0.1
     assert abs(learned["c_row"]) < 1e-9 and learned["gap"] < 0.15  # c_row = 0: gap closes
+    # a generic W: after the tau warm-up the trained model sits at the exact optimum over tau,
+    # below c_conf and near c_row (0.6959 at gamma2 = 1e2, c_row 0.7089 in the limit)
+    gen = s["generic/learned_tau"]
+    assert abs(gen["gap_exact"] - gen["gap_optimum"]) < 0.01
+    assert gen["gap_optimum"] < gen["c_conf"] - 0.1
+    assert abs(gen["gap_optimum"] - gen["c_row"]) < 0.03
     # part B: with learned tau the isotropic learner's decoder reaches the row-orthogonal class
     # when the data has it (c_row = 0) and cannot when it does not (c_row = 4)
     iso = s["learned_decoder"]["isotropic_learned_tau"]["per_contrast"]
