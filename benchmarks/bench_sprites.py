@@ -50,8 +50,8 @@ def main(args):
     t_base = (time.perf_counter() - t) * args.n / args.baseline_n
     same = np.abs(base.astype(int) - images[: args.baseline_n].astype(int)).max()
     print(f"render {args.n} images 64x64 ({args.geometry}): library {t_lib:.2f}s; 2-D "
-          f"supersampling baseline {t_base:.1f}s (extrapolated from {args.baseline_n}) -> ratio {t_lib / t_base:.3f}; "
-          f"max pixel difference {same}")
+          f"supersampling baseline {t_base:.1f}s (extrapolated from {args.baseline_n}) -> "
+          f"ratio {t_lib / t_base:.3f}; max pixel difference {same}")
     if args.figure:
         import matplotlib
         matplotlib.use("Agg")
