@@ -57,6 +57,7 @@ def test_moebius_quick_decoder_contrast_collapses_at_large_gamma(tmp_path):
     s = json.loads((out / "summary.json").read_text())["summary"]
     h = json.loads(head.read_text())  # the committed-summary format, written by the study
     assert set(h["mcc_by_gamma2"]) == {"1e1", "1e5"} and h["quick"] is True
+    assert h["compute_seconds"] >= h["seconds"] * 0.5 > 0  # the settings ran in this call
     assert h["mcc_by_gamma2"]["1e5"] == s["mcc"][next(k for k in s["mcc"]
                                                      if float(k) == 1e5)]["mean"]
     c_ima = {float(g): v["mean"] for g, v in s["c_ima"].items()}

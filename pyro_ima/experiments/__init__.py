@@ -134,6 +134,9 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: 
         write_table(rows, out, meta)
         mod.plot(rows, summary, out / name)
         meta["seconds"] = time.perf_counter() - t
+        # what computing the settings took, also when this call only resumed cached ones
+        meta["compute_seconds"] = sum(read_json(Path(task.path), "settings")["seconds"]
+                                      for task in tasks)
         atomic_write_json(out / "summary.json", meta)
     if summary_to is not None:
         target = Path(summary_to)
@@ -143,6 +146,7 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: 
                                    "config": meta["config"], "dtype": dtype,
                                    "fingerprint": fingerprint, "versions": meta["versions"],
                                    "seconds": round(meta["seconds"], 1),
+                                   "compute_seconds": round(meta["compute_seconds"], 1),
                                    "command": f"pyro-ima experiment {name}"
                                               f"{' --quick' if quick else ''} --summary-to "
                                               f"{summary_to}"})

@@ -24,7 +24,7 @@ from .common import (
     train,
     training_summary,
 )
-from .figures import GAMMA2, SWEEP, caption, errorbar_by, pyplot
+from .figures import GAMMA2, SWEEP, caption, errorbar_by, mean_sd, pyplot
 
 __all__ = ["Config", "QUICK", "FULL", "settings", "run_setting", "summarize", "plot", "claim",
            "headline"]
@@ -71,12 +71,14 @@ def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dic
 
 
 def _by_gamma(rows, metric):
-    out = {}
+    """Mean, sd (ddof 1, as the figures' error bars) and count of ``metric`` per gamma2."""
+    groups: dict = {}
     for r in rows:
         if r["metric"] == metric:
-            out.setdefault(r["gamma2"], []).append(r["value"])
-    return {g: {"mean": float(np.mean(v)), "sd": float(np.std(v)), "n": len(v)}
-            for g, v in sorted(out.items())}
+            groups.setdefault(r["gamma2"], []).append(r["value"])
+    gs, means, sds = mean_sd(groups)
+    return {g: {"mean": float(m), "sd": float(sd), "n": len(groups[g])}
+            for g, m, sd in zip(gs, means, sds, strict=True)}
 
 
 def summarize(rows: list[dict]) -> dict:
