@@ -1,0 +1,152 @@
+"""The commands behind the numbers in docs/results.md that are not a study's own full size.
+
+    python benchmarks/reproduce_results.py reference-moebius-scale
+    python benchmarks/reproduce_results.py moebius-protocol [--lr 3e-3 --patience 3 --halvings 4
+                                                            --init-scale S]
+    python benchmarks/reproduce_results.py sprites-long [--lr 1e-3]
+    python benchmarks/reproduce_results.py elbo-vs-lima [--out-root runs/results]
+    python benchmarks/reproduce_results.py conjectures [--out-root runs/results]
+
+``conjectures`` runs studies 6 and 7 at the sizes of docs/results.md (a rerun in the same
+``--out-root`` only re-summarizes) and prints the 95% Welch intervals the criteria use
+(``scipy.stats.ttest_ind(..., equal_var=False).confidence_interval()``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+import torch
+from scipy import stats
+from scipy.stats import ortho_group
+
+
+def reference_moebius_scale(args) -> None:
+    """Per-dimension sd of Moebius data built as the official code does (sources uniform on
+    [-0.5, 0.5], an orthogonal A, a pole with entries |a_i| > 0.5, x = A (z - a) / |z - a|^2)
+    against ours (``mixings.Moebius`` on the unit box)."""
+    from pyro_ima import data, mixings, priors
+    ref = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        A = ortho_group.rvs(3, random_state=seed)
+        a = []
+        while len(a) < 3:
+            s = rng.standard_normal()
+            if abs(s) > 0.5:
+                a.append(s)
+        z = rng.uniform(-0.5, 0.5, (20_000, 3)) - np.array(a)
+        ref.append(((A @ z.T).T / (z ** 2).sum(1, keepdims=True)).std(0).mean())
+    ours = [float(data.make_dataset(mixings.Moebius(3, seed=s), priors.uniform(3), n=6000,
+                                    seed=s).train.x.std(0).mean()) for s in range(20)]
+    print(f"reference-style Moebius: per-dimension sd median {np.median(ref):.3f} "
+          f"(range {min(ref):.3f}-{max(ref):.3f}); ours: median {np.median(ours):.3f} "
+          f"(range {min(ours):.3f}-{max(ours):.3f}); squared ratio of medians "
+          f"{(np.median(ours) / np.median(ref)) ** 2:.2f}")
+
+
+def moebius_protocol(args) -> None:
+    """4 seeds at gamma2 1e4 and 1e5 (8 replicas, 60k points): mean MCC every 5 epochs."""
+    from pyro_ima import inference, mixings, priors
+    from pyro_ima.experiments.common import replica_datasets, replica_vae
+    grid = [(g, s) for g in (1e4, 1e5) for s in range(4)]
+    seeds = [s for _, s in grid]
+    p0 = priors.uniform(3)
+    tr, va, te, tz, _ = replica_datasets(lambda s: mixings.Moebius(3, seed=s), p0, 60_000, seeds)
+    gamma2 = torch.tensor([g for g, _ in grid])
+    init = gamma2.rsqrt().clamp(max=0.1) if args.init_scale is None else \
+        torch.full_like(gamma2, args.init_scale)
+    vae, guide = replica_vae(3, p0, gamma2, seeds, init_scale=init)
+
+    def report(epoch, rec):
+        if epoch % 5 == 0:
+            m = inference.evaluate(vae, guide, te[:, :2000], tz[:, :2000], metrics=("mcc",))
+            mcc = m["mcc_pearson"]
+            print(f"epoch {epoch}: mean MCC 1e4 {float(mcc[:4].mean()):.3f}, "
+                  f"1e5 {float(mcc[4:].mean()):.3f}", flush=True)
+
+    cfg = inference.FitConfig(epochs=args.epochs, lr=args.lr or 3e-3, patience=args.patience,
+                              lr_halvings=args.halvings)
+    fit = inference.fit(vae, guide, tr, va, config=cfg, seed=seeds, callbacks=[report])
+    print("stopped on their own:", fit.stopped_early.tolist(), "best epochs:",
+          fit.best_epoch.tolist())
+
+
+def sprites_long(args) -> None:
+    """gamma2 = 1, one seed, 14,000 training images, 20 epochs: MCC every 2 epochs."""
+    from pyro_ima.experiments import sprites_study
+    cfg = sprites_study.Config(n=20_000, epochs=20, checkpoints=10, lr=args.lr or 1e-3,
+                               patience=None,
+                               eval_points=500)
+    t = time.perf_counter()
+    rows = sprites_study.run_setting({"gamma2": 1.0, "seed": 0}, cfg)
+    for epoch in sorted({r["epoch"] for r in rows}):
+        vals = {r["metric"]: round(r["value"], 3) for r in rows if r["epoch"] == epoch}
+        print(epoch, vals)
+    print(f"{time.perf_counter() - t:.0f} s")
+
+
+def elbo_vs_lima(args) -> None:
+    from pyro_ima.experiments import elbo_vs_lima as study
+    from pyro_ima.experiments import run_study
+    cfg = dataclasses.replace(study.FULL, seeds=2, n=29_000, epochs=10, warmup_epochs=5,
+                              eval_points=200)
+    meta = run_study("elbo_vs_lima", f"{args.out_root}/elbo_vs_lima", progress=False,
+                     config=cfg)
+    print(meta["table"])
+
+
+def _welch(a, b) -> str:
+    res = stats.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(0.95)
+    return f"{np.mean(a) - np.mean(b):.3f} [{ci.low:.3f}, {ci.high:.3f}]"
+
+
+def conjectures(args) -> None:
+    from pyro_ima.experiments import encoder_side, guide_families, run_study
+    es = run_study("encoder_side", f"{args.out_root}/encoder_side", progress=False,
+                   config=dataclasses.replace(encoder_side.FULL, learned_n=20_000, n=4096,
+                                              epochs=60, tau_warmup=30))
+    gf = run_study("guide_families", f"{args.out_root}/guide_families", progress=False,
+                   config=dataclasses.replace(guide_families.FULL, n=20_000))
+    print(es["table"], gf["table"], sep="\n")
+    import json
+    rows = json.loads(open(f"{args.out_root}/guide_families/results.json").read())["rows"]
+    mcc: dict = {}
+    for r in rows:
+        if r.get("part") == "learned" and r["metric"] == "mcc":
+            mcc.setdefault((r["mixing"], r["family"]), []).append(r["value"])
+    for mix in ("orthogonal_mlp", "moebius"):
+        for other in ("isotropic", "full"):
+            print(f"study 6B {mix}: MCC(diagonal) - MCC({other}) = "
+                  f"{_welch(mcc[(mix, 'diagonal')], mcc[(mix, other)])}")
+    rows = json.loads(open(f"{args.out_root}/encoder_side/results.json").read())["rows"]
+    mcc = {}
+    for r in rows:
+        if r.get("part") == "learned_decoder" and r["metric"] == "mcc":
+            mcc.setdefault((r["learner"], float(r["contrast"])), []).append(r["value"])
+    for learner in ("isotropic_learned_tau", "diagonal_isotropic_noise"):
+        print(f"study 7B {learner}: MCC(c=0) - MCC(c=4) = "
+              f"{_welch(mcc[(learner, 0.0)], mcc[(learner, 4.0)])}")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["reference-moebius-scale", "moebius-protocol",
+                                    "sprites-long", "elbo-vs-lima", "conjectures"])
+    p.add_argument("--out-root", default="runs/results")
+    p.add_argument("--lr", type=float, default=None,
+                   help="moebius-protocol: 3e-3 by default; sprites-long: 1e-3")
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--halvings", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--init-scale", type=float, default=None,
+                   help="moebius-protocol: initial encoder sd (default: the study's)")
+    a = p.parse_args()
+    {"reference-moebius-scale": reference_moebius_scale, "moebius-protocol": moebius_protocol,
+     "sprites-long": sprites_long, "elbo-vs-lima": elbo_vs_lima,
+     "conjectures": conjectures}[a.what](a)
