@@ -60,6 +60,7 @@ def tensor_device(args, kwargs) -> torch.device:
 
 
 _FORMER_CHUNK_NAMES = ("chunk_points", "chunk_samples")
+_CHUNK_HINT = "points per chunk are chunk_size=, samples per pass sample_chunk="
 
 
 def check_options(call: str, kwargs: dict, accepted) -> None:
@@ -67,8 +68,7 @@ def check_options(call: str, kwargs: dict, accepted) -> None:
     ones (instead of Python's, which names an internal function)."""
     for k in kwargs:
         if k not in accepted:
-            hint = "; points per chunk are chunk_size=, samples per pass sample_chunk=" \
-                if k in _FORMER_CHUNK_NAMES else ""
+            hint = f"; {_CHUNK_HINT}" if k in _FORMER_CHUNK_NAMES else ""
             raise TypeError(f"{k}: not an argument of {call}; it takes "
                             f"{', '.join(accepted)}{hint}")
 
@@ -86,8 +86,7 @@ def refuse_renamed(kwargs: dict) -> None:
     model as its own keyword arguments: refuse them naming the chunk keywords."""
     for k in kwargs:
         if k in _FORMER_CHUNK_NAMES:
-            raise TypeError(f"{k}: not an argument of the estimators; points per chunk are "
-                            f"chunk_size=, samples per pass sample_chunk=")
+            raise TypeError(f"{k}: not an argument of the estimators; {_CHUNK_HINT}")
 
 
 def data_chunks(args: tuple, kwargs: dict, n: int, chunk_size: int | None, data_dim: int):
