@@ -48,18 +48,38 @@ def reference_moebius_scale(args) -> None:
           f"{(np.median(ours) / np.median(ref)) ** 2:.2f}")
 
 
+def _moebius(seed: int, pole: str):
+    """``mixings.Moebius`` on the unit box; ``pole="reference"`` places the pole as the official
+    code does (``b = a + 1/2`` with each ``a_i`` standard normal, redrawn until ``|a_i| > 1/2``:
+    the same map as its sources on [-0.5, 0.5] with pole ``a``), farther away on average."""
+    from pyro_ima import mixings
+    if pole == "ours":
+        return mixings.Moebius(3, seed=seed)
+    rng = np.random.default_rng(seed)
+    a = []
+    while len(a) < 3:
+        v = rng.standard_normal()
+        if abs(v) > 0.5:
+            a.append(v)
+    return mixings.Moebius(3, seed=seed, pole=np.array(a) + 0.5)
+
+
 def moebius_protocol(args) -> None:
-    """4 seeds at gamma2 1e4 and 1e5 (8 replicas, 60k points): mean MCC every 5 epochs."""
-    from pyro_ima import inference, mixings, priors
+    """4 seeds at gamma2 1e4 and 1e5 (8 replicas, 60k points): mean MCC every 5 epochs.
+    ``--warmup-epochs K`` first trains K epochs at ``--warmup-gamma2`` (no early stopping;
+    with ``--warmup-ramp`` K epochs at each of 1e3, 1e4, ... below the target);
+    ``--pole reference`` builds the data with the official code's pole."""
+    from pyro_ima import inference, priors
     from pyro_ima.experiments.common import replica_datasets, replica_vae
-    grid = [(g, s) for g in (1e4, 1e5) for s in range(4)]
+    grid = [(g, s) for g in (1e4, 1e5) for s in range(args.seeds)]
     seeds = [s for _, s in grid]
     p0 = priors.uniform(3)
-    tr, va, te, tz, _ = replica_datasets(lambda s: mixings.Moebius(3, seed=s), p0, 60_000, seeds)
+    tr, va, te, tz, _ = replica_datasets(lambda s: _moebius(s, args.pole), p0, 60_000, seeds)
     gamma2 = torch.tensor([g for g, _ in grid])
-    init = gamma2.rsqrt().clamp(max=0.1) if args.init_scale is None else \
+    start = gamma2 if args.warmup_epochs == 0 else gamma2.clamp(max=args.warmup_gamma2)
+    init = start.rsqrt().clamp(max=0.1) if args.init_scale is None else \
         torch.full_like(gamma2, args.init_scale)
-    vae, guide = replica_vae(3, p0, gamma2, seeds, init_scale=init)
+    vae, guide = replica_vae(3, p0, start, seeds, init_scale=init)
 
     def report(epoch, rec):
         if epoch % 5 == 0:
@@ -70,6 +90,15 @@ def moebius_protocol(args) -> None:
 
     cfg = inference.FitConfig(epochs=args.epochs, lr=args.lr or 3e-3, patience=args.patience,
                               lr_halvings=args.halvings)
+    stage = args.warmup_gamma2
+    while args.warmup_epochs and bool((gamma2 > stage).any()):
+        # epochs at a lower precision (raised tenfold per stage), then the plateau protocol
+        vae.gamma2.copy_(gamma2.clamp(max=stage))
+        inference.fit(vae, guide, tr, va, seed=seeds, callbacks=[report],
+                      config=dataclasses.replace(cfg, epochs=args.warmup_epochs, patience=None))
+        print(f"stage gamma2 <= {stage:g} done", flush=True)
+        stage *= 10 if args.warmup_ramp else float("inf")
+    vae.gamma2.copy_(gamma2)
     fit = inference.fit(vae, guide, tr, va, config=cfg, seed=seeds, callbacks=[report])
     print("stopped on their own:", fit.stopped_early.tolist(), "best epochs:",
           fit.best_epoch.tolist())
@@ -146,6 +175,14 @@ if __name__ == "__main__":
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--init-scale", type=float, default=None,
                    help="moebius-protocol: initial encoder sd (default: the study's)")
+    p.add_argument("--seeds", type=int, default=4, help="moebius-protocol: seeds per gamma2")
+    p.add_argument("--warmup-epochs", type=int, default=0,
+                   help="moebius-protocol: epochs at --warmup-gamma2 first (default 0: none)")
+    p.add_argument("--warmup-gamma2", type=float, default=1e3)
+    p.add_argument("--warmup-ramp", action="store_true",
+                   help="moebius-protocol: raise the warm-up gamma2 tenfold per stage")
+    p.add_argument("--pole", choices=["ours", "reference"], default="ours",
+                   help="moebius-protocol: the Moebius pole (default: ours)")
     a = p.parse_args()
     {"reference-moebius-scale": reference_moebius_scale, "moebius-protocol": moebius_protocol,
      "sprites-long": sprites_long, "elbo-vs-lima": elbo_vs_lima,

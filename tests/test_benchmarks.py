@@ -17,6 +17,8 @@ SLOW = pytest.mark.slow  # fresh processes for memory, Dask clusters, many estim
                  "ratio library/baseline", marks=SLOW),
     ("bench_replicas.py", ["--replicas", "3", "--steps", "5", "--repeats", "1"], "speed-up"),
     ("bench_sprites.py", ["--n", "300", "--baseline-n", "100"], "max pixel difference 0"),
+    ("bench_conv_batching.py", ["--replicas", "2", "--batch", "2", "--steps", "1"],
+     "ratio grouped / loop"),
     ("reproduce_results.py", ["reference-moebius-scale"], "squared ratio of medians"),
     pytest.param("bench_sweep.py", ["--study", "beta_gamma"], "goal below 5%", marks=SLOW),
     pytest.param("bench_estimators.py", ["--quick"], "approximation gap", marks=SLOW),

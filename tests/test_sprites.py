@@ -112,3 +112,66 @@ def test_conv_vae_trains_with_every_guide_family(tmp_path, family):
     assert e.shape == (len(ds.test),) and bool(torch.isfinite(e).all())
     z = guide.point_estimate(ds.test.x)
     assert bool(((z > 0) & (z < 1)).all())
+
+
+@pytest.mark.parametrize("batching", ["grouped", "loop"])
+def test_replica_batched_conv_nets_equal_one_network_per_seed(batching):
+    # replica r of a batched encoder/decoder is the unbatched network built with seeds[r]:
+    # same outputs and same parameter gradients, whichever way the convolutions run
+    seeds = [3, 8]
+    kw = dict(channels=4, hidden=16)
+    enc = models.ConvEncoder(6, seed=seeds, replicas=2, batching=batching, **kw)
+    dec = models.ConvDecoder(3, seed=seeds, replicas=2, batching=batching, **kw)
+    x = torch.rand(2, 5, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    h = enc(x)
+    out = dec(h[..., :3])
+    assert h.shape == (2, 5, 6) and out.shape == (2, 5, 3, 64, 64)
+    out.square().sum().backward()
+    for r, s in enumerate(seeds):
+        e1, d1 = models.ConvEncoder(6, seed=s, **kw), models.ConvDecoder(3, seed=s, **kw)
+        o1 = d1(e1(x[r])[..., :3])
+        torch.testing.assert_close(o1, out[r], atol=1e-5, rtol=1e-5)
+        o1.square().sum().backward()
+        torch.testing.assert_close(e1.conv[0].weight.grad, enc.convs[0].weight.grad[r],
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(d1.deconv[6].weight.grad, dec.convs[3].weight.grad[r],
+                                   atol=1e-4, rtol=1e-4)
+    # every parameter has the leading replica dim that per-replica rollback needs
+    assert all(p.shape[0] == 2 for p in [*enc.parameters(), *dec.parameters()])
+    # images shared by every replica, and extra leading dims (particles)
+    torch.testing.assert_close(enc(x[0])[0], h[0])
+    assert dec(torch.rand(4, 2, 5, 3)).shape == (4, 2, 5, 3, 64, 64)
+
+
+def test_replica_batched_conv_nets_refuse_bad_input():
+    with pytest.raises(ValueError, match="batching: expected one of"):
+        models.ConvEncoder(6, replicas=2, batching="vmap")
+    enc = models.ConvEncoder(6, channels=4, hidden=8, replicas=2)
+    with pytest.raises(ValueError, match=r"x: expected \(\*, 2, B, \.\.\.\)"):
+        enc(torch.rand(3, 5, 3, 64, 64))
+    with pytest.raises(ValueError, match="seed: expected 2 seeds"):
+        models.ConvDecoder(4, seed=[1, 2, 3], replicas=2)
+
+
+def test_replica_batched_conv_vae_trains_each_replica_as_its_own_run(tmp_path):
+    # two seeds as one replica batch train exactly as each seed alone (per-replica noise,
+    # minibatch order and best state), so the Sprites study may batch its seeds
+    ds = sprites.sprites_dataset(sprites.SpritesConfig(n=40, seed=0), cache_dir=tmp_path)
+    kw = dict(channels=4, hidden=16)
+
+    def pair(seeds, replicas):
+        vae = models.GaussianVAE(models.ConvDecoder(4, seed=seeds, replicas=replicas, **kw),
+                                 priors.beta(4), gamma2=1.0, replicas=replicas, obs_event_dim=3)
+        seeds_enc = [s + 100 for s in seeds] if replicas else seeds + 100
+        return vae, models.DiagonalGuide(vae, models.ConvEncoder(8, seed=seeds_enc,
+                                                                 replicas=replicas, **kw))
+
+    vae, guide = pair([0, 1], 2)
+    r = inference.fit(vae, guide, ds.train, ds.val, epochs=2, batch_size=7, seed=[5, 6])
+    for i, s in enumerate((0, 1)):
+        v1, g1 = pair(s, None)
+        r1 = inference.fit(v1, g1, ds.train, ds.val, epochs=2, batch_size=7, seed=5 + i)
+        torch.testing.assert_close(r.best_val_elbo[i], r1.best_val_elbo.reshape(()),
+                                   atol=1e-3, rtol=1e-5)
+        torch.testing.assert_close(vae.decoder(torch.full((2, 1, 4), 0.5))[i],
+                                   v1.decoder(torch.full((1, 4), 0.5)), atol=1e-4, rtol=1e-4)

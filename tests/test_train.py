@@ -131,6 +131,42 @@ def test_plateau_halving_is_per_replica_and_matches_lone_runs():
             assert_close(pb[k][r].reshape(p.shape), p.detach(), atol=2e-5, rtol=1e-4, msg=k)
 
 
+def test_train_mask_leaves_other_replicas_untouched_and_precision_warmup_stages():
+    from pyro_ima.experiments.common import Runtime, TrainingConfig, precision_warmup
+    ds = _data(n=300)
+    seeds, gammas = [0, 1, 2], torch.tensor([10.0, 1e4, 1e5])
+    vae, guide = _pair(replicas=3, seed=seeds, gamma2=gammas)
+    params = inference.trainable_parameters(vae, guide)
+    start = {k: p.detach().clone() for k, p in params.items()}
+    r = inference.fit(vae, guide, ds.train, ds.val, seed=seeds, epochs=2, batch_size=50,
+                      train_mask=[False, True, True])
+    for k, p in params.items():  # replica 0 bit-identical, the others moved
+        assert torch.equal(p[0], start[k][0]), k
+    assert any(not torch.equal(p[1], start[k][1]) for k, p in params.items())
+    assert r.best_epoch.tolist()[0] == -1 and not bool(r.stopped_early[0])
+    with pytest.raises(ValueError, match="train_mask: expected 3 booleans"):
+        inference.fit(vae, guide, ds.train, ds.val, epochs=1, train_mask=[True, False])
+    # the warm-up: replica 0 (gamma2 10) untouched; 1 trains at 1e3; 2 at 1e3 then 1e4
+    seen = []
+    orig_fit = inference.fit
+
+    def spy(*a, **kw):
+        seen.append((vae.gamma2.tolist(), kw["train_mask"].tolist()))
+        return orig_fit(*a, **kw)
+
+    inference.fit = spy
+    try:
+        cfg = TrainingConfig(batch_size=50)
+        failed, run = precision_warmup(vae, guide, ds.train, ds.val, cfg, seeds, Runtime(),
+                                       1e3, 2)
+    finally:
+        inference.fit = orig_fit
+    assert seen == [([10.0, 1e3, 1e3], [False, True, True]),
+                    ([10.0, 1e4, 1e4], [False, False, True])]
+    assert run.tolist() == [0.0, 2.0, 4.0] and not bool(failed.any())
+    assert vae.gamma2.tolist() == gammas.tolist()  # the targets are back
+
+
 def test_plateau_schedule_and_min_delta():
     ds = _data(n=300)
     vae, guide = _pair(seed=0, gamma2=100.0)

@@ -75,11 +75,39 @@ class Runtime:
 
 
 def train(vae, guide, train_x, val_x, cfg: TrainingConfig, seeds, rt: Runtime, desc: str = "fit",
-          **overrides):
+          train_mask=None, **overrides):
     """``inference.fit`` with a study's training fields (``overrides`` replace them)."""
     fit_cfg = cfg.fit_config(**overrides)
     return inference.fit(vae, guide, train_x, val_x, config=fit_cfg, seed=seeds,
-                         callbacks=rt.callbacks(fit_cfg.epochs, desc))
+                         callbacks=rt.callbacks(fit_cfg.epochs, desc), train_mask=train_mask)
+
+
+def precision_warmup(vae, guide, train_x, val_x, cfg: TrainingConfig, seeds, rt: Runtime,
+                     start: float | None, epochs: int, desc: str = "warm-up"):
+    """Train each replica whose target ``gamma2`` exceeds ``start`` for ``epochs`` epochs at
+    each precision ``start, 10 start, 100 start, ...`` below its target (no early stopping;
+    the best validation state of each stage is kept), then restore the targets. Replicas at or
+    below ``start`` are left untouched, so a replica trains the same in any batch.
+
+    Returns ``(failed, epochs_run)``, both ``(R,)``: replicas that failed during the warm-up
+    and each replica's warm-up epochs. With ``start=None`` nothing is trained.
+    """
+    target = vae.gamma2.clone()
+    failed = torch.zeros(len(target), dtype=torch.bool)
+    run = torch.zeros(len(target))
+    stage = start
+    try:
+        while stage is not None and epochs > 0 and bool((target > stage).any()):
+            mask = target > stage
+            vae.gamma2.copy_(torch.where(mask, torch.full_like(target, stage), target))
+            fit = train(vae, guide, train_x, val_x, cfg, seeds, rt, desc=f"{desc} {stage:g}",
+                        train_mask=mask.cpu(), epochs=epochs, patience=None)
+            failed |= fit.failed & mask.cpu()
+            run += mask.cpu() * fit.epochs_run
+            stage *= 10
+    finally:
+        vae.gamma2.copy_(target)
+    return failed, run
 
 
 def grid_settings(values: Sequence, seeds: Sequence[int], per_setting: int, *,

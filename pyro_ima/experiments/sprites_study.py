@@ -6,7 +6,8 @@ renderer here drew small squares in the frame's middle, which carry 14x less pix
 ~100x less signal about the size (``sprites.factor_signal``); on it the VAE collapsed at
 gamma2 = 1. Per seed: MCC (overall and per factor: x, y, scale, hue) and the decoder's c_IMA at the
 inferred latents (tall Jacobians, 12,288 x 4) over training, and a latent-traversal figure.
-Conv networks are not replica-batched, so seeds run one after another. Reference (paper):
+The seeds of a setting train as one replica batch (``Config.replicas_per_setting``: 10 in
+the GPU protocol, 1 on a CPU). Reference (paper):
 per-factor MCC 0.989 / 0.996 / 0.933 / 0.989 (y, x, scale, colour). Each seed also writes
 ``traversal_gamma2_{G}_seed{S}.png``: one row per latent, swept over the prior's 5-95%
 quantiles from a test image's inferred latents, labelled with the factor the MCC matching
@@ -25,7 +26,7 @@ import torch
 from .. import inference, metrics, models, priors, sprites
 from .._utils import seeded_rng
 from ..fileio import atomic_write_bytes
-from .common import Runtime, TrainingConfig, format_table, save_figure, train
+from .common import Runtime, TrainingConfig, format_table, grid_settings, save_figure, train
 from .figures import GAMMA2, SWEEP, caption, pyplot
 
 __all__ = ["Config", "QUICK", "FULL", "PAPER", "settings", "run_setting", "summarize", "plot",
@@ -40,30 +41,35 @@ class Config(TrainingConfig):
     eval_points: int = 1000
     checkpoints: int = 10  # MCC / c_IMA measured this many times over training
     geometry: str = "spriteworld"  # sprites.GEOMETRIES
+    # seeds trained as one replica batch (replica-batched conv networks; on a CPU a batch is
+    # no faster than one seed after another, benchmarks/bench_conv_batching.py)
+    replicas_per_setting: int = 1
 
 
 # The paper's protocol (GPU: 10 seeds, 42k/12k/6k images, batch 512, lr 1e-5, 800 epochs);
 # run it with ``run_study("sprites", out, config=sprites_study.PAPER)``.
 PAPER = Config(gamma2s=(0.1, 1.0, 10.0, 100.0), seeds=10, n=60_000, epochs=800, patience=None,
-               batch_size=512, lr=1e-5, checkpoints=32)
+               batch_size=512, lr=1e-5, checkpoints=32, replicas_per_setting=10)
 # CPU (2 cores): the gamma2 sweep, one seed each, 4,200 training images, 12 epochs at lr 1e-3
 # (about 4-5 min per gamma2 on one core). docs/results.md has what longer runs gave.
 FULL = Config(gamma2s=(0.1, 1.0, 10.0, 100.0), seeds=1, n=6000, epochs=12, patience=None,
               lr=1e-3, eval_points=500, checkpoints=6)
-QUICK = Config(seeds=2, n=600, epochs=4, patience=4, lr=1e-3, eval_points=100, checkpoints=2)
+QUICK = Config(seeds=2, n=600, epochs=4, patience=4, lr=1e-3, eval_points=100, checkpoints=2,
+               replicas_per_setting=2)
 
 
 def settings(cfg: Config) -> list[dict]:
-    return [{"gamma2": g, "seed": s} for g in cfg.gamma2s for s in range(cfg.seeds)]
+    return grid_settings(cfg.gamma2s, range(cfg.seeds), cfg.replicas_per_setting)
 
 
 def traversal(vae, guide, x0: torch.Tensor, steps: int = 7,
-              quantiles: tuple = (0.05, 0.95)) -> torch.Tensor:
-    """Decoded mean images ``(d, steps, C, H, W)``: latent ``k`` swept over the prior's
-    ``quantiles`` (estimated from 4,000 prior draws), the others held at ``x0``'s inferred
-    latents."""
+              quantiles: tuple = (0.05, 0.95), *, replica: int = 0) -> torch.Tensor:
+    """Decoded mean images ``(d, steps, C, H, W)`` of replica ``replica``: latent ``k`` swept
+    over the prior's ``quantiles`` (estimated from 4,000 prior draws), the others held at
+    ``x0``'s inferred latents."""
+    batched = getattr(vae.decoder, "replicas", None) is not None
     with torch.no_grad(), seeded_rng(0, vae.device):
-        z0 = guide.point_estimate(x0[None].to(vae.device, vae.dtype))[0]
+        z0 = guide.point_estimate(x0[None].to(vae.device, vae.dtype))[replica]
         draws = vae.prior.sample((4000,))
         q = torch.linspace(*quantiles, steps, device=vae.device, dtype=vae.dtype)
         grid = torch.quantile(draws, q, dim=0)  # (steps, d)
@@ -71,7 +77,9 @@ def traversal(vae, guide, x0: torch.Tensor, steps: int = 7,
         for k in range(z0.shape[-1]):
             z = z0.expand(steps, -1).clone()
             z[:, k] = grid[:, k]
-            rows.append(vae.decoder(z))
+            # a replica-batched decoder decodes every replica's copy; keep this replica's
+            rows.append(vae.decoder(z.expand(vae.replicas, -1, -1))[replica] if batched
+                        else vae.decoder(z))
     return torch.stack(rows).clamp(0, 1)
 
 
@@ -96,37 +104,43 @@ def plot_traversal(images: torch.Tensor, labels, path) -> None:
 
 
 def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dict]:
-    """Train one seed, measuring over training; with ``rt.out_dir``, also write the seed's
-    latent-traversal figure there."""
-    g2, seed = float(setting["gamma2"]), int(setting["seed"])
+    """Train the setting's seeds as one replica batch (``grid`` of ``[gamma2, seed]``),
+    measuring over training; with ``rt.out_dir``, also write each seed's latent-traversal
+    figure there."""
+    g2s = [float(g) for g, _ in setting["grid"]]
+    seeds = [int(s) for _, s in setting["grid"]]
+    R = len(seeds)
     ds = sprites.sprites_dataset(sprites.SpritesConfig(n=cfg.n, seed=0, geometry=cfg.geometry))
     a, b = sprites.default_beta_params(0)
     p0 = priors.beta(4, a=a.tolist(), b=b.tolist())
-    vae = models.GaussianVAE(models.ConvDecoder(4, seed=seed), p0, g2, obs_event_dim=3)
-    guide = models.DiagonalGuide(vae, models.ConvEncoder(8, seed=seed + 10_000))
+    vae = models.GaussianVAE(models.ConvDecoder(4, seed=seeds, replicas=R), p0,
+                             torch.tensor(g2s), replicas=R, obs_event_dim=3)
+    guide = models.DiagonalGuide(vae, models.ConvEncoder(8, seed=[s + 10_000 for s in seeds],
+                                                         replicas=R))
     x, z = ds.test.x[: cfg.eval_points], ds.test.z[: cfg.eval_points]
     rows = []
     every = max(1, cfg.epochs // cfg.checkpoints)
-    failed = torch.zeros(1, dtype=torch.bool)
+    failed = torch.zeros(R, dtype=torch.bool)
     for start in range(0, cfg.epochs, every):
-        fit = train(vae, guide, ds.train, ds.val, cfg, seed + start, rt, desc="sprites",
-                    epochs=min(every, cfg.epochs - start))
+        fit = train(vae, guide, ds.train, ds.val, cfg, [s + start for s in seeds], rt,
+                    desc="sprites", epochs=min(every, cfg.epochs - start))
         failed |= fit.failed
         m = inference.evaluate(vae, guide, x, z, metrics=("mcc", "contrasts"),
                                config=inference.EvalConfig(jacobian_chunk=50))
         values = {"mcc": m["mcc_pearson"], "c_ima": m["c_ima"],
                   **{f"mcc_{name}": m[f"mcc_factor{k}"]
                      for k, name in enumerate(sprites.FACTORS)}}
-        rows += inference.tidy_rows(values, failed=failed, study="sprites", seed=seed,
-                                    gamma2=g2, epoch=start + fit.epochs_run)
+        rows += inference.tidy_rows(values, {"seed": seeds, "gamma2": g2s}, failed=failed,
+                                    study="sprites", epoch=start + fit.epochs_run)
     if rt.out_dir is not None:
         with torch.no_grad():
-            z_hat = guide.point_estimate(x.to(vae.device, vae.dtype))
-        matching = metrics.mcc(z, z_hat).matching
-        factor_of = {int(matching[k]): name for k, name in enumerate(sprites.FACTORS)}
-        labels = [f"z{j} ~ {factor_of.get(j, '?')}" for j in range(4)]
-        plot_traversal(traversal(vae, guide, x[0]), labels,
-                       Path(rt.out_dir) / f"traversal_gamma2_{g2:g}_seed{seed}.png")
+            z_hat = guide.point_estimate(x.to(vae.device, vae.dtype))  # (R, N, d)
+        for r, (g2, seed) in enumerate(zip(g2s, seeds, strict=True)):
+            matching = metrics.mcc(z, z_hat[r]).matching
+            factor_of = {int(matching[k]): name for k, name in enumerate(sprites.FACTORS)}
+            labels = [f"z{j} ~ {factor_of.get(j, '?')}" for j in range(4)]
+            plot_traversal(traversal(vae, guide, x[0], replica=r), labels,
+                           Path(rt.out_dir) / f"traversal_gamma2_{g2:g}_seed{seed}.png")
     return rows
 
 

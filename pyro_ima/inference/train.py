@@ -127,6 +127,7 @@ class _Replicas:
     def __init__(self, params: dict[str, torch.Tensor], R: int, cfg: FitConfig, optim):
         self.params, self.R, self.cfg, self.optim = params, R, cfg, optim
         self.active = torch.ones(R, dtype=torch.bool, device="cpu")
+        self.trained = self.active.clone()  # fit's train_mask
         self.failed = torch.zeros(R, dtype=torch.bool, device="cpu")
         self.n_faults = torch.zeros(R, dtype=torch.long, device="cpu")
         self.step_scale = torch.ones(R, dtype=torch.float64, device="cpu")
@@ -233,7 +234,7 @@ class _Replicas:
             self._where(self.best_epoch >= 0, self.best_state)
         best_val = torch.where(self.best_epoch >= 0, self.best_val, math.nan)
         return FitResult(self.failed.clone(), self.best_epoch.clone(), best_val,
-                         self.halvings.clone(), ~self.active & ~self.failed,
+                         self.halvings.clone(), ~self.active & ~self.failed & self.trained,
                          faults=self.faults, **fields)
 
 
@@ -275,7 +276,8 @@ def _end_epoch(optim) -> None:
 def fit(vae: VAE, guide: AmortizedGaussianGuide, train, val=None, *,
         config: FitConfig | None = None, seed: int | Sequence[int] = 0,
         loss: pyro.infer.ELBO | None = None, optim: pyro.optim.PyroOptim | None = None,
-        callbacks: Sequence[Callable[[int, dict], None]] = (), **overrides) -> FitResult:
+        callbacks: Sequence[Callable[[int, dict], None]] = (),
+        train_mask: torch.Tensor | Sequence[bool] | None = None, **overrides) -> FitResult:
     """Trains ``vae`` and ``guide`` jointly by SVI (``Trace_ELBO`` and Adam by default).
 
     Each epoch visits the training set in a fresh random order in minibatches, with the data
@@ -305,6 +307,9 @@ def fit(vae: VAE, guide: AmortizedGaussianGuide, train, val=None, *,
         optim: a Pyro optimizer; default Adam over all parameters at once. A Pyro
             learning-rate scheduler (``pyro.optim.ExponentialLR``) is stepped once per epoch.
         callbacks: called as ``callback(epoch, record)`` after each epoch.
+        train_mask: ``(R,)`` booleans, the replicas to train (default: all); the others keep
+            their parameters (e.g. a precision warm-up that some replicas skip) and report
+            ``best_epoch`` -1.
     """
     unknown = set(overrides) - {f.name for f in dataclasses.fields(FitConfig)}
     if unknown:
@@ -329,6 +334,13 @@ def fit(vae: VAE, guide: AmortizedGaussianGuide, train, val=None, *,
     decay = None if cfg.lr_end is None else (cfg.lr_end / cfg.lr) ** (1 / max(cfg.epochs - 1, 1))
     optim = Adam({"lr": cfg.lr}, lr_decay=decay) if optim is None else optim
     book = _Replicas(params, R, cfg, optim)
+    if train_mask is not None:
+        mask = torch.as_tensor(train_mask, device="cpu")
+        if mask.dtype != torch.bool or mask.shape != (R,):
+            raise ValueError(f"train_mask: expected {R} booleans (one per replica), got "
+                             f"{mask.dtype} of shape {tuple(mask.shape)}")
+        book.active &= mask
+        book.trained = mask.clone()
     gens = [generator(derive_seed(s, _TRAIN_STREAM), vae.device) for s in seeds]
     val_eps = None if x_val is None else torch.stack([torch.randn(
         (cfg.val_particles, x_val.shape[1], d), generator=g, device=vae.device, dtype=vae.dtype)

@@ -11,8 +11,12 @@ from torch import nn
 
 from .._utils import check_int, derive_seed, generator, replica_count, replica_seeds
 
-__all__ = ["SmoothLeakyReLU", "BatchedLinear", "MLP", "smooth_leaky_relu", "ConvEncoder",
-           "ConvDecoder"]
+__all__ = ["SmoothLeakyReLU", "BatchedLinear", "BatchedConv2d", "MLP", "smooth_leaky_relu",
+           "ConvEncoder", "ConvDecoder", "CONV_BATCHING"]
+
+# How a replica-batched conv layer runs its R convolutions: one grouped convolution, or one
+# convolution per replica. "auto" picks per device (benchmarks/bench_conv_batching.py).
+CONV_BATCHING = ("auto", "grouped", "loop")
 
 # Stream key for network initialization (see _utils.derive_seed).
 _INIT_STREAM = 1
@@ -77,9 +81,25 @@ class BatchedLinear(nn.Module):
         self.weight = nn.Parameter(_on_default_device(ws))  # ([R,] in, out)
         self.bias = nn.Parameter(_on_default_device(bs))  # ([R, 1,] out)
 
+    @classmethod
+    def stack(cls, layers: Sequence[nn.Linear]) -> BatchedLinear:
+        """The replica-batched layer whose replica ``r`` is ``layers[r]`` (copied)."""
+        first = layers[0]
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features, new.replicas = (first.in_features, first.out_features,
+                                                           len(layers))
+        new.weight = nn.Parameter(torch.stack([m.weight.detach().T for m in layers]).clone())
+        new.bias = nn.Parameter(torch.stack([m.bias.detach()[None] for m in layers]).clone())
+        return new
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (*, R, B, in) @ (R, in, out) broadcasts over the leading dims.
         return torch.matmul(x, self.weight) + self.bias
+
+    def replica(self, x: torch.Tensor, r: int) -> torch.Tensor:
+        """Replica ``r``'s layer alone on ``(*, in)``."""
+        return torch.matmul(x, self.weight[r]) + self.bias[r]
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, replicas={self.replicas}"
@@ -138,18 +158,133 @@ def _seeded(module: nn.Module, seed: int) -> nn.Module:
     return module.to(torch.get_default_device(), dtype)
 
 
+def _conv_batching(batching: str, device: torch.device) -> str:
+    """``"auto"``: grouped convolutions except on the CPU, where a loop over replicas measured
+    faster (benchmarks/bench_conv_batching.py)."""
+    if batching not in CONV_BATCHING:
+        raise ValueError(f"batching: expected one of {CONV_BATCHING}, got {batching!r}")
+    if batching == "auto":
+        return "loop" if device.type == "cpu" else "grouped"
+    return batching
+
+
+class BatchedConv2d(nn.Module):
+    """Creates ``R`` 2-D convolutions (or transposed convolutions) run as one layer.
+
+    The weights are stacked with a leading replica dim (``(R, *weight.shape)``, as every
+    replica-batched parameter here), so per-replica rollback and best states work as for
+    :class:`BatchedLinear`. Inputs are ``(R, M, C, H, W)`` (replica-major, as
+    :class:`BatchedLinear`'s); replica ``r`` sees ``x[r]`` and uses the weights of
+    ``layers[r]``. ``batching="grouped"`` runs one convolution with ``groups=R`` (channels of
+    all replicas side by side); ``"loop"`` runs one per replica (the conv networks then run
+    each replica's whole network on its own); ``"auto"`` picks by the device of the weights at
+    call time: the loop on a CPU, grouped elsewhere.
+
+    Arguments:
+        layers: ``R`` ``nn.Conv2d`` or ``nn.ConvTranspose2d`` of one shape (copied).
+        batching: ``"auto"``, ``"grouped"`` or ``"loop"``.
+    """
+
+    def __init__(self, layers: Sequence[nn.Conv2d | nn.ConvTranspose2d], batching: str = "auto"):
+        super().__init__()
+        _conv_batching(batching, torch.device("cpu"))
+        first = layers[0]
+        self.transposed = isinstance(first, nn.ConvTranspose2d)
+        self.stride, self.padding, self.batching = first.stride, first.padding, batching
+        self.replicas = len(layers)
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]).clone())
+        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers]).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = F.conv_transpose2d if self.transposed else F.conv2d
+        R = self.replicas
+        if _conv_batching(self.batching, self.weight.device) == "loop":
+            return torch.stack([self.replica(x[r], r) for r in range(R)])
+        # groups=R: input channels r*C..(r+1)*C meet weight rows r*C.. (transposed) or
+        # r*C_out.. (conv), which is the replica-major flattening of the stacked weights. The
+        # output goes back as a transposed view, so a chain of grouped layers copies only once.
+        y = conv(x.transpose(0, 1).flatten(1, 2), self.weight.flatten(0, 1),
+                 self.bias.flatten(), self.stride, self.padding, groups=R)
+        return y.unflatten(1, (R, -1)).transpose(0, 1)
+
+    def replica(self, x: torch.Tensor, r: int) -> torch.Tensor:
+        """Replica ``r``'s convolution alone on ``(M, C, H, W)``."""
+        conv = F.conv_transpose2d if self.transposed else F.conv2d
+        return conv(x, self.weight[r], self.bias[r], self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        kind = "transposed" if self.transposed else "conv"
+        return f"{kind}, weight={tuple(self.weight.shape)}, batching={self.batching!r}"
+
+
+def _per_replica(net: nn.Module, layers: Sequence[nn.Module], h: torch.Tensor,
+                 chain: Callable) -> torch.Tensor:
+    """Run ``chain(h, apply)`` (``apply(layer, h)`` one layer) on the replica-major ``h``: all
+    replicas at once (grouped convolutions), or, in ``"loop"`` batching, each replica's whole
+    network on its own slice, then stacked: on a CPU this keeps every intermediate tensor one
+    replica's size (measured faster, benchmarks/bench_conv_batching.py)."""
+    conv = next(m for m in layers if isinstance(m, BatchedConv2d))
+    if _conv_batching(conv.batching, conv.weight.device) == "grouped":
+        return chain(h, lambda layer, v: layer(v))
+    return torch.stack([chain(h[r], lambda layer, v, r=r: layer.replica(v, r))
+                        for r in range(net.replicas)])
+
+
+def _replica_major(x: torch.Tensor, event: int) -> tuple[torch.Tensor, tuple]:
+    """``(*lead, R, B, *event) -> (R, M, *event)`` with ``M = prod(lead) B``, and ``lead``."""
+    lead = x.shape[:-event - 2]
+    x = x.movedim(-event - 2, 0)
+    return x.reshape((x.shape[0], -1) + x.shape[x.dim() - event:]), lead
+
+
+def _from_replica_major(y: torch.Tensor, lead: tuple, batch: int, event: int) -> torch.Tensor:
+    """The inverse of :func:`_replica_major` for an output with ``event`` trailing dims."""
+    y = y.reshape((y.shape[0],) + tuple(lead) + (batch,) + y.shape[2:])
+    return y.movedim(0, -event - 2)
+
+
+def _check_replica_input(x: torch.Tensor, replicas: int, event: int, name: str) -> torch.Tensor:
+    """Inputs of a replica-batched net are ``(*, R, B, *event)``; ``(B, *event)`` is shared by
+    every replica."""
+    if x.dim() == event + 1:
+        return x.expand((replicas,) + x.shape)
+    if x.dim() < event + 2 or x.shape[-event - 2] != replicas:
+        raise ValueError(f"{name}: expected (*, {replicas}, B, ...) or (B, ...) for a network "
+                         f"with {replicas} replicas, got {tuple(x.shape)}")
+    return x
+
+
 class ConvEncoder(nn.Module):
     """Creates ``x (*, 3, 64, 64) -> (*, out)``: 4 conv layers (32 channels, kernel 4,
     stride 2, ReLU) then 3 linear layers (256, 256, out), as in the paper's Sprites VAE.
 
-    Usable with every guide family: ``out = Guide.num_outputs(d)``.
+    Usable with every guide family: ``out = Guide.num_outputs(d)``. With ``replicas=R`` it is
+    ``R`` independent encoders on ``(*, R, B, 3, 64, 64)`` inputs (replica ``r`` equals the
+    unbatched encoder built with seed ``seeds[r]``), its convolutions run as ``batching``
+    says (:class:`BatchedConv2d`).
+
+    Arguments:
+        out_features: output size.
+        channels, hidden, in_channels: layer widths.
+        seed: an int (replica ``r`` uses ``seed + r``) or one seed per replica.
+        replicas: ``None`` (one network) or ``R``.
+        batching: ``"auto"``, ``"grouped"`` or ``"loop"`` (replicated networks only).
     """
 
     def __init__(self, out_features: int, channels: int = 32, hidden: int = 256,
-                 in_channels: int = 3, seed: int = 0):
+                 in_channels: int = 3, seed: int | Sequence[int] = 0,
+                 replicas: int | None = None, batching: str = "auto"):
         super().__init__()
         check_int("out_features", out_features)
-        self.out_features, self.replicas = out_features, None
+        self.out_features, self.replicas = out_features, replicas
+        if replicas is not None:
+            seeds = replica_seeds(seed, replica_count(replicas))
+            nets = [ConvEncoder(out_features, channels, hidden, in_channels, s) for s in seeds]
+            self.convs = nn.ModuleList(BatchedConv2d([n.conv[i] for n in nets], batching)
+                                       for i in range(0, 8, 2))
+            self.linears = nn.ModuleList(BatchedLinear.stack([n.mlp[i] for n in nets])
+                                         for i in range(0, 5, 2))
+            return
         c = channels
         with torch.device("cpu"):
             self.conv = nn.Sequential(
@@ -162,6 +297,20 @@ class ConvEncoder(nn.Module):
         _seeded(self, seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.replicas is not None:
+            x = _check_replica_input(x, self.replicas, 3, "x")
+            h, lead = _replica_major(x, 3)  # (R, M, C, H, W)
+
+            def chain(h, apply):
+                for conv in self.convs:
+                    h = F.relu(apply(conv, h))
+                h = h.flatten(-3)  # ([R,] M, c * 16)
+                for i, lin in enumerate(self.linears):
+                    h = apply(lin, h) if i == len(self.linears) - 1 else F.relu(apply(lin, h))
+                return h
+
+            h = _per_replica(self, self.convs, h, chain)
+            return _from_replica_major(h, lead, x.shape[-4], 1)
         batch = x.shape[:-3]
         h = self.conv(x.reshape((-1,) + x.shape[-3:]))  # (n, c, 4, 4)
         return self.mlp(h.flatten(1)).reshape(batch + (self.out_features,))
@@ -169,13 +318,24 @@ class ConvEncoder(nn.Module):
 
 class ConvDecoder(nn.Module):
     """Creates ``z (*, d) -> (*, 3, 64, 64)``: the mirror of :class:`ConvEncoder` (3 linear
-    layers, then 4 transposed convolutions; the output is the mean image, unconstrained)."""
+    layers, then 4 transposed convolutions; the output is the mean image, unconstrained).
+    ``replicas``, ``seed`` and ``batching`` as for :class:`ConvEncoder`: with ``replicas=R``,
+    ``(*, R, B, d) -> (*, R, B, 3, 64, 64)``."""
 
     def __init__(self, latent_dim: int, channels: int = 32, hidden: int = 256,
-                 out_channels: int = 3, seed: int = 0):
+                 out_channels: int = 3, seed: int | Sequence[int] = 0,
+                 replicas: int | None = None, batching: str = "auto"):
         super().__init__()
         check_int("latent_dim", latent_dim)
-        self.channels, self.replicas = channels, None
+        self.channels, self.replicas = channels, replicas
+        if replicas is not None:
+            seeds = replica_seeds(seed, replica_count(replicas))
+            nets = [ConvDecoder(latent_dim, channels, hidden, out_channels, s) for s in seeds]
+            self.linears = nn.ModuleList(BatchedLinear.stack([n.mlp[i] for n in nets])
+                                         for i in range(0, 5, 2))
+            self.convs = nn.ModuleList(BatchedConv2d([n.deconv[i] for n in nets], batching)
+                                       for i in range(0, 7, 2))
+            return
         c = channels
         with torch.device("cpu"):
             self.mlp = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(),
@@ -188,6 +348,20 @@ class ConvDecoder(nn.Module):
         _seeded(self, seed)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.replicas is not None:
+            z = _check_replica_input(z, self.replicas, 1, "z")
+            h, lead = _replica_major(z, 1)  # (R, M, d)
+
+            def chain(h, apply):
+                for lin in self.linears:
+                    h = F.relu(apply(lin, h))
+                h = h.unflatten(-1, (self.channels, 4, 4))  # ([R,] M, c, 4, 4)
+                for i, conv in enumerate(self.convs):
+                    h = apply(conv, h) if i == len(self.convs) - 1 else F.relu(apply(conv, h))
+                return h
+
+            h = _per_replica(self, self.convs, h, chain)
+            return _from_replica_major(h, lead, z.shape[-2], 3)
         batch = z.shape[:-1]
         h = self.mlp(z.reshape(-1, z.shape[-1])).reshape(-1, self.channels, 4, 4)
         out = self.deconv(h)
