@@ -22,6 +22,7 @@ from .common import (
     fit_values,
     format_table,
     grid_settings,
+    precision_warmup,
     replica_datasets,
     replica_vae,
     train,
@@ -38,10 +39,14 @@ class Config(TrainingConfig):
     seeds_per_contrast: int = 10  # 100 in total
     gamma2: float = 1e5
     replicas_per_setting: int = 100
+    # precision warm-up as in study 3 (common.precision_warmup; None: none)
+    warmup_gamma2: float | None = None
+    warmup_epochs: int = 10
 
 
-# The cap of 25 epochs is ours (2-core time budget); rows record each replica's best epoch.
-FULL = Config(epochs=25, patience=5)
+# Study 3's protocol: lr 3e-3, per-replica plateau halving (patience 3, 4 halvings; the
+# 60-epoch cap a safety net) after a precision warm-up (10 epochs at 1e3, then at 1e4).
+FULL = Config(epochs=60, patience=3, lr=3e-3, lr_halvings=4, warmup_gamma2=1e3)
 QUICK = Config(contrasts=(0.0, 6.0), seeds_per_contrast=3, n=6000, epochs=20, patience=5)
 
 
@@ -63,17 +68,21 @@ def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dic
     p0 = priors.uniform(d)
     tr, va, te, tz, mixes = replica_datasets(lambda s: _mixing(cs[s], s), p0, cfg.n, seeds)
     R = len(seeds)
+    first = cfg.gamma2 if cfg.warmup_gamma2 is None else min(cfg.gamma2, cfg.warmup_gamma2)
     vae, guide = replica_vae(d, p0, torch.full((R,), cfg.gamma2), seeds,
-                             init_scale=1 / math.sqrt(cfg.gamma2))
+                             init_scale=min(0.1, 1 / math.sqrt(first)))
+    warm_failed, warm_epochs = precision_warmup(vae, guide, tr, va, cfg, seeds, rt,
+                                                cfg.warmup_gamma2, cfg.warmup_epochs)
     fit = train(vae, guide, tr, va, cfg, seeds, rt, desc="linear contrast")
     m = inference.evaluate(vae, guide, te, tz, metrics=("mcc", "contrasts"))
     with torch.no_grad():
         c_mix = torch.stack([metrics.ima_contrast(metrics.jacobian(mixes[r], tz[r])).mean()
                              for r in range(R)])
     values = {"mcc": m["mcc_pearson"], "mixing_c_ima": c_mix, "decoder_c_ima": m["c_ima"],
-              **fit_values(fit)}
+              **fit_values(fit), "warmup_epochs": warm_epochs}
     return inference.tidy_rows(values, {"contrast": [cs[s] for s in seeds], "seed": seeds},
-                               failed=fit.failed, study="linear_contrast", gamma2=cfg.gamma2)
+                               failed=fit.failed | warm_failed, study="linear_contrast",
+                               gamma2=cfg.gamma2)
 
 
 def summarize(rows: list[dict]) -> dict:
