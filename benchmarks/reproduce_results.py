@@ -6,6 +6,7 @@
     python benchmarks/reproduce_results.py sprites-long [--lr 1e-3]
     python benchmarks/reproduce_results.py elbo-vs-lima [--out-root runs/results]
     python benchmarks/reproduce_results.py is-vs-quadrature
+    python benchmarks/reproduce_results.py tau-joint [--tau-warmup 30]
     python benchmarks/reproduce_results.py conjectures [--out-root runs/results]
 
 ``conjectures`` runs studies 6 and 7 at the sizes of docs/results.md (a rerun in the same
@@ -157,6 +158,21 @@ def is_vs_quadrature(args) -> None:
               f"weakest direction ~{sd:.3g}")
 
 
+def tau_joint(args) -> None:
+    """Study 7 part A's generic-W setting with learned tau trained jointly from the start
+    (``tau_warmup=0``), at the size of ``conjectures``: the exact gap per seed at the learned
+    tau against the best tau's."""
+    from pyro_ima.experiments import encoder_side
+    cfg = dataclasses.replace(encoder_side.FULL, n=4096, epochs=60, tau_warmup=args.tau_warmup)
+    setting = next(s for s in encoder_side.settings(cfg)
+                   if s.get("decoder") == "generic" and s.get("learn_noise"))
+    rows = encoder_side.run_setting(setting, cfg)
+    for metric in ("gap_exact", "gap_optimum"):
+        vals = [r["value"] for r in rows if r["metric"] == metric]
+        print(f"tau_warmup {args.tau_warmup}: {metric} per seed "
+              + ", ".join(f"{v:.4f}" for v in vals))
+
+
 def _welch(a, b) -> str:
     res = stats.ttest_ind(a, b, equal_var=False)
     ci = res.confidence_interval(0.95)
@@ -196,7 +212,7 @@ if __name__ == "__main__":
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["reference-moebius-scale", "moebius-protocol",
                                     "sprites-long", "elbo-vs-lima", "is-vs-quadrature",
-                                    "conjectures"])
+                                    "tau-joint", "conjectures"])
     p.add_argument("--out-root", default="runs/results")
     p.add_argument("--lr", type=float, default=None,
                    help="moebius-protocol: 3e-3 by default; sprites-long: 1e-3")
@@ -205,6 +221,8 @@ if __name__ == "__main__":
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--init-scale", type=float, default=None,
                    help="moebius-protocol: initial encoder sd (default: the study's)")
+    p.add_argument("--tau-warmup", type=int, default=0,
+                   help="tau-joint: epochs with tau held at 1 first (default 0: joint)")
     p.add_argument("--seeds", type=int, default=4, help="moebius-protocol: seeds per gamma2")
     p.add_argument("--warmup-epochs", type=int, default=0,
                    help="moebius-protocol: epochs at --warmup-gamma2 first (default 0: none)")
@@ -216,5 +234,5 @@ if __name__ == "__main__":
     a = p.parse_args()
     {"reference-moebius-scale": reference_moebius_scale, "moebius-protocol": moebius_protocol,
      "sprites-long": sprites_long, "elbo-vs-lima": elbo_vs_lima,
-     "is-vs-quadrature": is_vs_quadrature,
+     "is-vs-quadrature": is_vs_quadrature, "tau-joint": tau_joint,
      "conjectures": conjectures}[a.what](a)

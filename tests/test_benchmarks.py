@@ -20,6 +20,8 @@ SLOW = pytest.mark.slow  # fresh processes for memory, Dask clusters, many estim
     ("bench_conv_batching.py", ["--replicas", "2", "--batch", "2", "--steps", "1"],
      "ratio grouped / loop"),
     ("reproduce_results.py", ["reference-moebius-scale"], "squared ratio of medians"),
+    pytest.param("reproduce_results.py", ["is-vs-quadrature"], "log p_gamma quadrature",
+                 marks=SLOW),
     pytest.param("bench_sweep.py", ["--study", "beta_gamma"], "goal below 5%", marks=SLOW),
     pytest.param("bench_estimators.py", ["--quick"], "approximation gap", marks=SLOW),
     pytest.param("calibrate_reliability.py", ["--quick", "--points", "10"],
