@@ -1,7 +1,7 @@
 """Benchmark: a replica-batched Sprites conv VAE step, grouped convolutions against a loop.
 
     python benchmarks/bench_conv_batching.py [--replicas 1 4 10] [--batch 64] [--steps 5]
-                                             [--device cpu]
+                                             [--device cpu] [--threads N]
 
 Times forward + backward of ``ConvEncoder`` -> ``ConvDecoder`` (replicas=R) on ``(R, B, 3, 64,
 64)`` images, with ``batching="grouped"`` (one convolution with ``groups=R`` per layer) and
@@ -38,6 +38,8 @@ def step_time(enc, dec, x, steps: int) -> float:
 
 
 def main(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     for R in args.replicas:
         x = torch.rand(R, args.batch, 3, 64, 64, device=dev)
@@ -64,4 +66,5 @@ if __name__ == "__main__":
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
     main(p.parse_args())
