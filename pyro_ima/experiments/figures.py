@@ -68,12 +68,19 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
 
 
 def errorbar_by(ax, pairs: Iterable[tuple[float, float]], *, label: str, points: bool = True,
-                **style):
-    """Every ``(x, y)`` as a faint dot and the mean +- sd per ``x`` as an error bar."""
+                spread: str = "sd", **style):
+    """Every ``(x, y)`` as a faint dot and, per ``x``, the mean +- sd (``spread="sd"``) or the
+    median with the interquartile range (``"iqr"``: for log axes, where mean - sd can be
+    negative) as an error bar."""
     groups: dict = {}
     for x, y in pairs:
         groups.setdefault(float(x), []).append(float(y))
-    x, m, s = mean_sd(groups)
+    if spread == "iqr":
+        x = sorted(groups)
+        q = np.array([np.percentile(groups[k], [25, 50, 75]) for k in x])
+        m, s = q[:, 1], np.stack([q[:, 1] - q[:, 0], q[:, 2] - q[:, 1]])
+    else:
+        x, m, s = mean_sd(groups)
     if points:
         xs = [k for k in sorted(groups) for _ in groups[k]]
         ax.plot(xs, [v for k in sorted(groups) for v in groups[k]], ".", alpha=0.25,

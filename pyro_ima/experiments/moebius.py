@@ -153,7 +153,7 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     ax.legend(loc="lower right")
     ax = axes[1]
     errorbar_by(ax, [(r["gamma2"], r["value"]) for r in rows if r["metric"] == "c_ima"],
-                label="learned decoder", color="C0")
+                label="learned decoder", color="C0", spread="iqr")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(GAMMA2)
@@ -162,7 +162,7 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     caption(fig, f"Moebius mixing (d = 3, uniform source and prior, diagonal Gaussian "
                  f"encoder), {n} seeds per gamma^2: as the decoder becomes near-deterministic "
                  f"its Jacobian's columns become orthogonal (right) and the latents are "
-                 f"recovered (left; dots: seeds, bars: mean +- sd). Red: the paper's Fig. 3 "
-                 f"(left) setting in {SWEEP}.")
+                 f"recovered (left; dots: seeds, bars: mean +- sd; right: median and "
+                 f"interquartile range). Red: the paper's Fig. 3 (left) setting in {SWEEP}.")
     fig.tight_layout()
     save_figure(fig, path_stem)

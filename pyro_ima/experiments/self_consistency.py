@@ -141,7 +141,7 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
         for m, color in zip(group, ("C0", "C1"), strict=False):
             pts = [(r["gamma2"], r["value"]) for r in (inv if m == "inverse_error" else rows)
                    if r["metric"] == m and r["value"] > 0]
-            errorbar_by(ax, pts, color=color,
+            errorbar_by(ax, pts, color=color, spread="iqr",
                         label=f"{labels[m]}: fitted slope {summary[m]['slope']:.2f}")
             if m == group[0]:
                 g, v = np.array(pts).T
@@ -168,9 +168,9 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     n = summary["encoder_variance"]["n"]
     caption(fig, f"Self-consistency (paper Fig. 2; d = 3, Gaussian source and prior, a "
                  f"non-IMA smooth-leaky MLP mixing, learned MLP decoder, diagonal encoder; "
-                 f"{n} replicas). Dots: replicas; bars: mean +- sd per gamma^2; dotted: the "
-                 f"slopes Prop. 1 predicts (variance -1, errors about -1/2). Right: eq. 12's "
-                 f"optimal variance against the learned one.")
+                 f"{n} replicas). Dots: replicas; bars: median and interquartile range per "
+                 f"gamma^2; dotted: the slopes Prop. 1 predicts (variance -1, errors about "
+                 f"-1/2). Right: eq. 12's optimal variance against the learned one.")
     fig.tight_layout()
     save_figure(fig, path_stem)
 
