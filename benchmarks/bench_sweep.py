@@ -8,12 +8,13 @@ time, so the executor's overhead per setting is ``(wall x workers - sum of setti
 settings``. Printed as ratios to the in-process run, measured in this one process.
 
 Then a projection of the full suite (studies 1-5 at the paper's seed counts) on N workers
-from measured full-size times (README, 2 cores each run alone: 414, 327, 374 and 419 s for
-studies 1-4, each one or two settings of 25-120 replicas; Sprites: 10 seeds of ~7.3 h each at
-the paper's protocol, from ~50 ms per batch-64 step on 2 cores and 800 epochs of 42,000
-images): a study with fewer settings than workers is split into smaller replica batches, whose
-cost follows the replica-batch scaling measured by ``bench_replicas.py`` (4.8 ms + 0.19 ms per
-replica per step), plus this benchmark's overhead per setting; settings are placed longest
+from measured full-size times (README: the settings' compute seconds of studies 1-4, one or
+two settings of 25-120 replicas each; Sprites: 4 gamma2 x 10 seeds of ~7.3 h each at the
+paper's protocol, from ~50 ms per batch-64 step on 2 cores and 800 epochs of 42,000 images):
+a study with fewer settings than workers is split into smaller replica batches, whose cost
+follows the replica-batch scaling measured by ``bench_replicas.py`` (4.8 ms + 0.19 ms per
+replica per step; Sprites' conv nets: linear in the replicas), plus this benchmark's overhead
+per setting; settings are placed longest
 first on the least loaded worker. Every worker is assumed to be a 2-core machine like this one.
 """
 
@@ -29,10 +30,13 @@ from pathlib import Path
 from pyro_ima.experiments import run_study
 from pyro_ima.experiments.executors import Executor
 
-# (study, settings at full size as (replicas, seconds)), measured here (README)
+# (study, settings at full size as (replicas, seconds)), measured here (README). Sprites: the
+# paper's protocol, 4 gamma2 x 10 seeds in settings of 10 replicas, ~7.3 h per seed on 2 cores
+# (a CPU batch of conv nets is no faster than its seeds one after another).
 FULL = {"self_consistency": [(100, 414.0)], "elbo_vs_lima": [(25, 163.5), (25, 163.5)],
-        "moebius": [(120, 374.0)], "linear_contrast": [(100, 419.0)],
-        "sprites": [(1, 7.3 * 3600)] * 10}
+        "moebius": [(60, 2071.0), (60, 2742.0)], "linear_contrast": [(100, 419.0)],
+        "sprites": [(10, 10 * 7.3 * 3600)] * 4}
+LINEAR_COST = {"sprites"}  # studies whose batch costs its replicas' sum (conv nets on a CPU)
 STEP_A, STEP_B = 4.8e-3, 0.19e-3  # seconds per step: a + b R (bench_replicas.py, 2 cores)
 
 
@@ -54,20 +58,22 @@ def run_once(study: str, kind: str, workers: int) -> dict:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def split_time(replicas: int, seconds: float, k: int) -> list[float]:
-    """A setting of ``replicas`` split into ``k`` batches: each batch's time."""
+def split_time(replicas: int, seconds: float, k: int, linear: bool = False) -> list[float]:
+    """A setting of ``replicas`` split into ``k`` batches: each batch's time (``linear``: a
+    batch costs its share of the replicas)."""
     size = -(-replicas // k)
-    ratio = (STEP_A + STEP_B * size) / (STEP_A + STEP_B * replicas)
+    ratio = size / replicas if linear else \
+        (STEP_A + STEP_B * size) / (STEP_A + STEP_B * replicas)
     return [seconds * ratio] * k
 
 
 def project(workers: int, overhead: float) -> float:
     """Projected wall clock of studies 1-5 at full size on ``workers`` workers."""
     jobs = []
-    for settings in FULL.values():
+    for study, settings in FULL.items():
         k = max(1, workers // len(settings))
         for replicas, seconds in settings:
-            jobs += split_time(replicas, seconds, min(k, replicas))
+            jobs += split_time(replicas, seconds, min(k, replicas), study in LINEAR_COST)
     load = [0.0] * workers
     for t in sorted(jobs, reverse=True):
         i = load.index(min(load))

@@ -115,7 +115,7 @@ def sprites_long(args) -> None:
                                patience=None,
                                eval_points=500)
     t = time.perf_counter()
-    rows = sprites_study.run_setting({"gamma2": 1.0, "seed": 0}, cfg)
+    rows = sprites_study.run_setting({"grid": [[1.0, 0]]}, cfg)
     for epoch in sorted({r["epoch"] for r in rows}):
         vals = {r["metric"]: round(r["value"], 3) for r in rows if r["epoch"] == epoch}
         print(epoch, vals)
