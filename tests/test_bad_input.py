@@ -85,6 +85,12 @@ CASES = {
     "data_shape": (lambda t: _fit(torch.zeros(50)), ValueError, "x"),
     "batch_size_zero": (lambda t: _fit(X, batch_size=0), ValueError, "batch_size"),
     "batch_size_too_large": (lambda t: _fit(X, batch_size=51), ValueError, "batch_size"),
+    "train_mask_length": (lambda t: _replica_fit(train_mask=[True, False], batch_size=10),
+                          ValueError, "train_mask"),
+    "conv_batching_unknown": (lambda t: models.ConvEncoder(6, replicas=2, batching="vmap"),
+                              ValueError, "batching"),
+    "conv_input_replicas": (lambda t: models.ConvEncoder(6, channels=4, hidden=8, replicas=2)(
+        torch.rand(3, 5, 3, 64, 64)), ValueError, "x"),
     "epochs_zero": (lambda t: _fit(X, epochs=0), ValueError, "epochs"),
     "seed_count": (lambda t: _replica_fit(seed=[1, 2]), ValueError, "seed"),
     "particles_not_vectorized": (lambda t: _fit(X, batch_size=16, loss=Trace_ELBO(
