@@ -122,10 +122,39 @@ def sprites_long(args) -> None:
     print(f"{time.perf_counter() - t:.0f} s")
 
 
+def _LearnedBetaVAE():
+    """A GaussianVAE whose Beta prior's ``(a, b)`` per latent are learned with the rest (as the
+    official code's ``fix_prior: false``), starting from the prior it is given; a diagnostic,
+    one replica only."""
+    import pyro.distributions as dist
+    from torch import nn
+
+    from pyro_ima import models
+
+    class LearnedBetaVAE(models.GaussianVAE):
+        def __init__(self, decoder, prior, *args, **kwargs):
+            base = prior.base_dist
+            log_a, log_b = base.concentration1.log(), base.concentration0.log()
+            super().__init__(decoder, prior, *args, **kwargs)
+            self.prior_log_a = nn.Parameter(log_a.clone())
+            self.prior_log_b = nn.Parameter(log_b.clone())
+
+        @property
+        def prior(self):
+            return dist.Beta(self.prior_log_a.exp(), self.prior_log_b.exp()).to_event(1)
+
+        @prior.setter
+        def prior(self, value):  # the base class sets its fixed prior; the learned one wins
+            pass
+
+    return LearnedBetaVAE
+
+
 def sprites_diagnostic(args) -> None:
     """gamma2 = 1, one seed, 4,200 training images, 24 epochs at lr 1e-3 (batch 64), MCC per
     factor every 3 epochs. ``--sprites-prior symmetric``: one Beta (the mean of the generator's
-    parameters) for every latent instead of the generator's own per factor;
+    parameters) for every latent instead of the generator's own per factor; ``learned``: that
+    symmetric Beta to start from, its ``(a, b)`` per latent learned with the networks;
     ``--sprites-anneal``: 3 epochs at gamma2 100, 3 at 10, then 1 (a KL warm-up in effect)."""
     from pyro_ima import inference, models, priors, sprites
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -133,7 +162,8 @@ def sprites_diagnostic(args) -> None:
     a, b = sprites.default_beta_params(0)
     p0 = (priors.beta(4, a=a.tolist(), b=b.tolist()) if args.sprites_prior == "true"
           else priors.beta(4, a=float(a.mean()), b=float(b.mean())))
-    vae = models.GaussianVAE(models.ConvDecoder(4, seed=0), p0, 1.0, obs_event_dim=3)
+    cls = _LearnedBetaVAE() if args.sprites_prior == "learned" else models.GaussianVAE
+    vae = cls(models.ConvDecoder(4, seed=0), p0, 1.0, obs_event_dim=3)
     guide = models.DiagonalGuide(vae, models.ConvEncoder(8, seed=10_000))
     x, z = ds.test.x[:500], ds.test.z[:500]
     stages = [(100.0, 3), (10.0, 3), (1.0, 18)] if args.sprites_anneal else [(1.0, 24)]
@@ -253,8 +283,9 @@ if __name__ == "__main__":
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--init-scale", type=float, default=None,
                    help="moebius-protocol: initial encoder sd (default: the study's)")
-    p.add_argument("--sprites-prior", choices=["true", "symmetric"], default="true",
-                   help="sprites-diagnostic: the generator's Beta per factor, or one for all")
+    p.add_argument("--sprites-prior", choices=["true", "symmetric", "learned"], default="true",
+                   help="sprites-diagnostic: the generator's Beta per factor, one for all, or "
+                        "one for all to start from and learned (a, b) per latent")
     p.add_argument("--sprites-anneal", action="store_true",
                    help="sprites-diagnostic: start at gamma2 100, then 10, then 1")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
