@@ -33,8 +33,8 @@ from pyro_ima.experiments.executors import Executor
 # (study, settings at full size as (replicas, seconds)), measured here (README). Sprites: the
 # paper's protocol, 4 gamma2 x 10 seeds in settings of 10 replicas, ~7.3 h per seed on 2 cores
 # (a CPU batch of conv nets is no faster than its seeds one after another).
-FULL = {"self_consistency": [(100, 414.0)], "elbo_vs_lima": [(25, 163.5), (25, 163.5)],
-        "moebius": [(60, 2071.0), (60, 2742.0)], "linear_contrast": [(100, 419.0)],
+FULL = {"self_consistency": [(100, 2189.0)], "elbo_vs_lima": [(25, 163.5), (25, 163.5)],
+        "moebius": [(60, 2071.0), (60, 2742.0)], "linear_contrast": [(100, 2991.0)],
         "sprites": [(10, 10 * 7.3 * 3600)] * 4}
 LINEAR_COST = {"sprites"}  # studies whose batch costs its replicas' sum (conv nets on a CPU)
 STEP_A, STEP_B = 4.8e-3, 0.19e-3  # seconds per step: a + b R (bench_replicas.py, 2 cores)
