@@ -275,12 +275,13 @@ if __name__ == "__main__":
                                     "sprites-long", "sprites-diagnostic", "elbo-vs-lima",
                                     "is-vs-quadrature",
                                     "tau-joint", "conjectures"])
-    p.add_argument("--out-root", default="runs/results")
+    p.add_argument("--out-root", default="runs/results",
+                   help="elbo-vs-lima, conjectures: where the studies write")
     p.add_argument("--lr", type=float, default=None,
                    help="moebius-protocol: 3e-3 by default; sprites-long: 1e-3")
-    p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--halvings", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--patience", type=int, default=3, help="moebius-protocol")
+    p.add_argument("--halvings", type=int, default=4, help="moebius-protocol: plateau halvings")
+    p.add_argument("--epochs", type=int, default=60, help="moebius-protocol: epoch cap")
     p.add_argument("--init-scale", type=float, default=None,
                    help="moebius-protocol: initial encoder sd (default: the study's)")
     p.add_argument("--sprites-prior", choices=["true", "symmetric", "learned"], default="true",
@@ -294,7 +295,8 @@ if __name__ == "__main__":
     p.add_argument("--seeds", type=int, default=4, help="moebius-protocol: seeds per gamma2")
     p.add_argument("--warmup-epochs", type=int, default=0,
                    help="moebius-protocol: epochs at --warmup-gamma2 first (default 0: none)")
-    p.add_argument("--warmup-gamma2", type=float, default=1e3)
+    p.add_argument("--warmup-gamma2", type=float, default=1e3,
+                   help="moebius-protocol: the warm-up's (first) precision")
     p.add_argument("--warmup-ramp", action="store_true",
                    help="moebius-protocol: raise the warm-up gamma2 tenfold per stage")
     p.add_argument("--pole", choices=["ours", "reference"], default="ours",

@@ -27,6 +27,7 @@ from matplotlib.colors import hsv_to_rgb
 from ._utils import check_int, derive_seed
 from .data import Dataset, Split
 from .fileio import atomic_write_bytes
+from .priors import beta as beta_prior
 
 __all__ = ["FACTORS", "GEOMETRIES", "default_beta_params", "sample_factors", "render",
            "sprites_dataset", "SpritesConfig", "coverage", "binary_sprites", "factor_signal"]
@@ -160,7 +161,11 @@ def sprites_dataset(cfg: SpritesConfig = SpritesConfig(), cache_dir=None) -> Dat
     parts = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
     splits = [Split(torch.from_numpy(images[p]).float().div_(255),
                     torch.from_numpy(factors[p]).float()) for p in parts]
-    return Dataset(*splits, config={"sprites": cfg.__dict__, "cache": str(path)})
+    a, b = (default_beta_params(cfg.seed) if cfg.a is None or cfg.b is None
+            else (np.asarray(cfg.a, float), np.asarray(cfg.b, float)))
+    # the factors' distribution, kept as make_dataset keeps its prior
+    return Dataset(*splits, prior=beta_prior(4, a=a.tolist(), b=b.tolist()),
+                   config={"sprites": cfg.__dict__, "cache": str(path)})
 
 
 def binary_sprites(n: int = 10_000, size: int = 28, seed: int = 0,

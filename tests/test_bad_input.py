@@ -87,6 +87,8 @@ CASES = {
     "batch_size_too_large": (lambda t: _fit(X, batch_size=51), ValueError, "batch_size"),
     "train_mask_length": (lambda t: _replica_fit(train_mask=[True, False], batch_size=10),
                           ValueError, "train_mask"),
+    "decoder_replicas_mismatch": (lambda t: models.GaussianVAE(
+        models.MLP(3, 3, (4,), replicas=2), priors.gaussian(3), 10.0), ValueError, "decoder"),
     "conv_batching_unknown": (lambda t: models.ConvEncoder(6, replicas=2, batching="vmap"),
                               ValueError, "batching"),
     "conv_input_replicas": (lambda t: models.ConvEncoder(6, channels=4, hidden=8, replicas=2)(

@@ -85,6 +85,15 @@ def _channel_sq(hue):
     return (rgb ** 2).sum(-1)
 
 
+def test_dataset_keeps_the_factors_prior(tmp_path):
+    ds = sprites.sprites_dataset(sprites.SpritesConfig(n=40, seed=3), cache_dir=tmp_path)
+    a, b = sprites.default_beta_params(3)
+    torch.testing.assert_close(ds.prior.base_dist.concentration1,
+                               torch.as_tensor(a, dtype=torch.get_default_dtype()))
+    torch.testing.assert_close(ds.prior.base_dist.concentration0,
+                               torch.as_tensor(b, dtype=torch.get_default_dtype()))
+
+
 def test_dataset_is_cached(tmp_path):
     cfg = sprites.SpritesConfig(n=50, seed=1)
     ds = sprites.sprites_dataset(cfg, cache_dir=tmp_path)

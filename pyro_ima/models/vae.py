@@ -123,6 +123,10 @@ class VAE(nn.Module):
                              "use .to_event(1) on a batch of univariate distributions")
         check_int("obs_event_dim", obs_event_dim)
         R = replica_count(replicas)
+        decoder_replicas = getattr(decoder, "replicas", None)
+        if decoder_replicas is not None and decoder_replicas != R:
+            raise ValueError(f"decoder: has {decoder_replicas} replicas but the model has {R} "
+                             f"(pass replicas={decoder_replicas} to the model)")
         self.replicas, self.squeeze = R, replicas is None
         self.latent_dim = int(prior.event_shape[0])
         self.obs_event_dim = obs_event_dim
@@ -195,7 +199,9 @@ class VAE(nn.Module):
         expected = self.obs_event_dim + 2
         if x.dim() != expected or x.shape[0] != self.replicas:
             raise ValueError(f"x: expected ({self.replicas}, B, ...) or (B, ...) with "
-                             f"{self.obs_event_dim} event dim(s), got shape {tuple(x.shape)}")
+                             f"{self.obs_event_dim} event dim(s), got shape {tuple(x.shape)}"
+                             + ("" if self.obs_event_dim != 1 or x.dim() <= 3 else
+                                " (images need obs_event_dim=3 on the model)"))
         return x.shape[1]
 
     def check_data(self, x: torch.Tensor) -> None:
