@@ -137,6 +137,8 @@ def sprites_dataset(cfg: SpritesConfig = SpritesConfig(), cache_dir=None) -> Dat
     """
     cache = Path(cache_dir or os.environ.get("PYRO_IMA_CACHE", Path.home() / ".cache/pyro_ima"))
     path = cache / f"sprites-{cfg.key()}.npz"
+    a, b = (default_beta_params(cfg.seed) if cfg.a is None or cfg.b is None
+            else (np.asarray(cfg.a, float), np.asarray(cfg.b, float)))
     images = factors = None
     if path.exists():
         try:
@@ -145,10 +147,6 @@ def sprites_dataset(cfg: SpritesConfig = SpritesConfig(), cache_dir=None) -> Dat
         except (OSError, ValueError, KeyError):
             images = None
     if images is None:
-        if cfg.a is None or cfg.b is None:
-            a, b = default_beta_params(cfg.seed)
-        else:
-            a, b = np.asarray(cfg.a, float), np.asarray(cfg.b, float)
         factors = sample_factors(cfg.n, a, b, cfg.seed)
         images = render(factors, cfg.size, cfg.supersample, geometry=cfg.geometry)
         cache.mkdir(parents=True, exist_ok=True)
@@ -161,8 +159,6 @@ def sprites_dataset(cfg: SpritesConfig = SpritesConfig(), cache_dir=None) -> Dat
     parts = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
     splits = [Split(torch.from_numpy(images[p]).float().div_(255),
                     torch.from_numpy(factors[p]).float()) for p in parts]
-    a, b = (default_beta_params(cfg.seed) if cfg.a is None or cfg.b is None
-            else (np.asarray(cfg.a, float), np.asarray(cfg.b, float)))
     # the factors' distribution, kept as make_dataset keeps its prior
     return Dataset(*splits, prior=beta_prior(4, a=a.tolist(), b=b.tolist()),
                    config={"sprites": cfg.__dict__, "cache": str(path)})

@@ -131,7 +131,7 @@ def test_plateau_halving_is_per_replica_and_matches_lone_runs():
             assert_close(pb[k][r].reshape(p.shape), p.detach(), atol=2e-5, rtol=1e-4, msg=k)
 
 
-def test_train_mask_leaves_other_replicas_untouched_and_precision_warmup_stages():
+def test_train_mask_leaves_other_replicas_untouched_and_precision_warmup_stages(monkeypatch):
     from pyro_ima.experiments.common import Runtime, TrainingConfig, precision_warmup
     ds = _data(n=300)
     seeds, gammas = [0, 1, 2], torch.tensor([10.0, 1e4, 1e5])
@@ -154,13 +154,9 @@ def test_train_mask_leaves_other_replicas_untouched_and_precision_warmup_stages(
         seen.append((vae.gamma2.tolist(), kw["train_mask"].tolist()))
         return orig_fit(*a, **kw)
 
-    inference.fit = spy
-    try:
-        cfg = TrainingConfig(batch_size=50)
-        failed, run = precision_warmup(vae, guide, ds.train, ds.val, cfg, seeds, Runtime(),
-                                       1e3, 2)
-    finally:
-        inference.fit = orig_fit
+    monkeypatch.setattr(inference, "fit", spy)
+    failed, run = precision_warmup(vae, guide, ds.train, ds.val, TrainingConfig(batch_size=50),
+                                   seeds, Runtime(), 1e3, 2)
     assert seen == [([10.0, 1e3, 1e3], [False, True, True]),
                     ([10.0, 1e4, 1e4], [False, False, True])]
     assert run.tolist() == [0.0, 2.0, 4.0] and not bool(failed.any())

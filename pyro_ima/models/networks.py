@@ -217,13 +217,13 @@ class BatchedConv2d(nn.Module):
         return f"{kind}, weight={tuple(self.weight.shape)}, batching={self.batching!r}"
 
 
-def _per_replica(net: nn.Module, layers: Sequence[nn.Module], h: torch.Tensor,
+def _per_replica(net: nn.Module, layers: Sequence[BatchedConv2d], h: torch.Tensor,
                  chain: Callable) -> torch.Tensor:
     """Run ``chain(h, apply)`` (``apply(layer, h)`` one layer) on the replica-major ``h``: all
     replicas at once (grouped convolutions), or, in ``"loop"`` batching, each replica's whole
     network on its own slice, then stacked: on a CPU this keeps every intermediate tensor one
     replica's size (measured faster, benchmarks/bench_conv_batching.py)."""
-    conv = next(m for m in layers if isinstance(m, BatchedConv2d))
+    conv = layers[0]
     if _conv_batching(conv.batching, conv.weight.device) == "grouped":
         return chain(h, lambda layer, v: layer(v))
     return torch.stack([chain(h[r], lambda layer, v, r=r: layer.replica(v, r))
