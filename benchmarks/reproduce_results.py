@@ -3,9 +3,11 @@
     python benchmarks/reproduce_results.py reference-moebius-scale
     python benchmarks/reproduce_results.py moebius-protocol [--lr 3e-3 --patience 3 --halvings 4
                                                             --init-scale S]
+    python benchmarks/reproduce_results.py sprites-geometry
     python benchmarks/reproduce_results.py sprites-long [--lr 1e-3]
     python benchmarks/reproduce_results.py sprites-diagnostic [--sprites-prior symmetric]
                                                               [--sprites-anneal]
+    python benchmarks/reproduce_results.py sprites-oracle [--geometry triangle]
     python benchmarks/reproduce_results.py elbo-vs-lima [--out-root runs/results]
     python benchmarks/reproduce_results.py is-vs-quadrature
     python benchmarks/reproduce_results.py tau-joint [--tau-warmup 30]
@@ -92,8 +94,8 @@ def moebius_protocol(args) -> None:
             print(f"epoch {epoch}: mean MCC 1e4 {float(mcc[:4].mean()):.3f}, "
                   f"1e5 {float(mcc[4:].mean()):.3f}", flush=True)
 
-    cfg = inference.FitConfig(epochs=args.epochs, lr=args.lr or 3e-3, patience=args.patience,
-                              lr_halvings=args.halvings)
+    cfg = inference.FitConfig(epochs=args.epochs or 60, lr=args.lr or 3e-3,
+                              patience=args.patience, lr_halvings=args.halvings)
     stage = args.warmup_gamma2
     while args.warmup_epochs and bool((gamma2 > stage).any()):
         # epochs at a lower precision (raised tenfold per stage), then the plateau protocol
@@ -108,12 +110,28 @@ def moebius_protocol(args) -> None:
           fit.best_epoch.tolist())
 
 
+def sprites_geometry(args) -> None:
+    """Per geometry: the generator's Jacobian Gram (sprites.factor_gram, 1,000 draws) per unit
+    of each factor and per sd, the largest |cosine| between columns, and the pixel variance."""
+    from pyro_ima import sprites
+    for g in ("large-square", "square", "triangle"):
+        gram = sprites.factor_gram(g, n=1000, units="factor")
+        d = np.sqrt(np.diag(gram))
+        cos = np.abs(gram / np.outer(d, d) - np.eye(4)).max()
+        sd = np.diag(sprites.factor_gram(g, n=1000))
+        info = sprites.factor_signal(g, n=1000)
+        per_sd = " / ".join(f"{v:,.0f}" for v in sd)
+        print(f"{g}: per unit x / y / size / hue {' / '.join(f'{v:,.0f}' for v in d ** 2)}; "
+              f"size / x {d[2] ** 2 / d[0] ** 2:.2f}; per sd {per_sd}; "
+              f"max |cos| {cos:.3f}; pixel variance {info['pixel_variance']:,.0f}; "
+              f"lit {info['lit_fraction']:.0%}")
+
+
 def sprites_long(args) -> None:
     """gamma2 = 1, one seed, 14,000 training images, 20 epochs: MCC every 2 epochs."""
     from pyro_ima.experiments import sprites_study
     cfg = sprites_study.Config(n=20_000, epochs=20, checkpoints=10, lr=args.lr or 1e-3,
-                               patience=None,
-                               eval_points=500)
+                               patience=None, eval_points=500, geometry=args.geometry)
     t = time.perf_counter()
     rows = sprites_study.run_setting({"grid": [[1.0, 0]]}, cfg)
     for epoch in sorted({r["epoch"] for r in rows}):
@@ -150,21 +168,42 @@ def _LearnedBetaVAE():
     return LearnedBetaVAE
 
 
+def _sprites_vae(geometry: str, prior: str = "true"):
+    """gamma2 = 1, the study's networks (seed 0), the 6,000-image set of ``geometry``."""
+    from pyro_ima import models, priors, sprites
+    ds = sprites.sprites_dataset(sprites.SpritesConfig(n=6000, seed=0, geometry=geometry))
+    a, b = sprites.default_beta_params(0)
+    p0 = (priors.beta(4, a=a.tolist(), b=b.tolist()) if prior == "true"
+          else priors.beta(4, a=float(a.mean()), b=float(b.mean())))
+    cls = _LearnedBetaVAE() if prior == "learned" else models.GaussianVAE
+    vae = cls(models.ConvDecoder(4, seed=0), p0, 1.0, obs_event_dim=3)
+    return ds, vae, models.DiagonalGuide(vae, models.ConvEncoder(8, seed=10_000))
+
+
+def _sprites_report(vae, guide, ds, label: str, t0: float):
+    """A callback printing MCC per factor and the validation ELBO every 2 epochs."""
+    from pyro_ima import inference
+    x, z = ds.test.x[:1000], ds.test.z[:1000]
+
+    def report(epoch, rec):
+        if epoch % 2 == 1:
+            m = inference.evaluate(vae, guide, x, z, metrics=("mcc",))
+            per = " / ".join(f"{float(m[f'mcc_factor{j}']):.2f}" for j in range(4))
+            print(f"{label}, epoch {epoch + 1}: MCC {float(m['mcc_pearson']):.3f} (x / y / size "
+                  f"/ hue {per}), validation ELBO {rec['val_elbo'][0]:.1f}, "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return report
+
+
 def sprites_diagnostic(args) -> None:
     """gamma2 = 1, one seed, 4,200 training images, 24 epochs at lr 1e-3 (batch 64), MCC per
     factor every 3 epochs. ``--sprites-prior symmetric``: one Beta (the mean of the generator's
     parameters) for every latent instead of the generator's own per factor; ``learned``: that
     symmetric Beta to start from, its ``(a, b)`` per latent learned with the networks;
     ``--sprites-anneal``: 3 epochs at gamma2 100, 3 at 10, then 1 (a KL warm-up in effect)."""
-    from pyro_ima import inference, models, priors, sprites
+    from pyro_ima import inference
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    ds = sprites.sprites_dataset(sprites.SpritesConfig(n=6000, seed=0))
-    a, b = sprites.default_beta_params(0)
-    p0 = (priors.beta(4, a=a.tolist(), b=b.tolist()) if args.sprites_prior == "true"
-          else priors.beta(4, a=float(a.mean()), b=float(b.mean())))
-    cls = _LearnedBetaVAE() if args.sprites_prior == "learned" else models.GaussianVAE
-    vae = cls(models.ConvDecoder(4, seed=0), p0, 1.0, obs_event_dim=3)
-    guide = models.DiagonalGuide(vae, models.ConvEncoder(8, seed=10_000))
+    ds, vae, guide = _sprites_vae(args.geometry, args.sprites_prior)
     x, z = ds.test.x[:500], ds.test.z[:500]
     stages = [(100.0, 3), (10.0, 3), (1.0, 18)] if args.sprites_anneal else [(1.0, 24)]
     epoch, t0 = 0, time.perf_counter()
@@ -179,6 +218,39 @@ def sprites_diagnostic(args) -> None:
             print(f"gamma2 {g2:g}, epoch {epoch}: MCC {float(m['mcc_pearson']):.3f} (x / y / "
                   f"size / hue {per}), validation ELBO {float(fit.best_val_elbo):.1f}, "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def sprites_oracle(args) -> None:
+    """Does the ELBO keep the true factors, and is their ELBO better than what training finds?
+    gamma2 = 1, the generator's prior, 4,200 training images. Arm 1: the decoder fitted to map
+    the true factors to their images and the encoder's mean to their logits (squared error,
+    Adam at 1e-3, batch 64, ``--sup-epochs`` epochs), then ``--epochs`` of ELBO training
+    (lr 1e-3); arm 2: the same networks from their random initialization, the same ELBO
+    training. MCC per factor and validation ELBO every 2 epochs."""
+    from pyro_ima import inference
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    epochs = args.epochs or 30
+    t0 = time.perf_counter()
+    for arm in ("true factors first", "random initialization"):
+        ds, vae, guide = _sprites_vae(args.geometry)
+        if arm == "true factors first":
+            X, Z = ds.train.x, ds.train.z
+            params = [*vae.decoder.parameters(), *guide.encoder.parameters()]
+            opt = torch.optim.Adam(params, lr=1e-3)
+            gen = torch.Generator().manual_seed(0)
+            for _ in range(args.sup_epochs):
+                perm = torch.randperm(len(X), generator=gen)
+                for i in range(0, len(X) - 63, 64):
+                    idx = perm[i:i + 64]
+                    loss = ((vae.decoder(Z[idx]) - X[idx]).square().sum((1, 2, 3)).mean()
+                            + (guide.loc(X[idx]) - torch.logit(Z[idx])).square().sum(1).mean())
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            print(f"{arm}: {args.sup_epochs} supervised epochs, {time.perf_counter() - t0:.0f} s",
+                  flush=True)
+        inference.fit(vae, guide, ds.train, ds.val, epochs=epochs, batch_size=64, lr=1e-3,
+                      seed=0, callbacks=[_sprites_report(vae, guide, ds, arm, t0)])
 
 
 def elbo_vs_lima(args) -> None:
@@ -272,7 +344,9 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["reference-moebius-scale", "moebius-protocol",
-                                    "sprites-long", "sprites-diagnostic", "elbo-vs-lima",
+                                    "sprites-geometry", "sprites-long", "sprites-diagnostic",
+                                    "sprites-oracle",
+                                    "elbo-vs-lima",
                                     "is-vs-quadrature",
                                     "tau-joint", "conjectures"])
     p.add_argument("--out-root", default="runs/results",
@@ -281,7 +355,12 @@ if __name__ == "__main__":
                    help="moebius-protocol: 3e-3 by default; sprites-long: 1e-3")
     p.add_argument("--patience", type=int, default=3, help="moebius-protocol")
     p.add_argument("--halvings", type=int, default=4, help="moebius-protocol: plateau halvings")
-    p.add_argument("--epochs", type=int, default=60, help="moebius-protocol: epoch cap")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="moebius-protocol: epoch cap (60); sprites-oracle: ELBO epochs (30)")
+    p.add_argument("--sup-epochs", type=int, default=15,
+                   help="sprites-oracle: supervised epochs before the ELBO")
+    p.add_argument("--geometry", default="triangle",
+                   help="sprites-*: the sprite's geometry (sprites.GEOMETRIES)")
     p.add_argument("--init-scale", type=float, default=None,
                    help="moebius-protocol: initial encoder sd (default: the study's)")
     p.add_argument("--sprites-prior", choices=["true", "symmetric", "learned"], default="true",
@@ -304,6 +383,7 @@ if __name__ == "__main__":
     a = p.parse_args()
     {"reference-moebius-scale": reference_moebius_scale, "moebius-protocol": moebius_protocol,
      "sprites-long": sprites_long, "sprites-diagnostic": sprites_diagnostic,
+     "sprites-oracle": sprites_oracle, "sprites-geometry": sprites_geometry,
      "elbo-vs-lima": elbo_vs_lima,
      "is-vs-quadrature": is_vs_quadrature, "tau-joint": tau_joint,
      "conjectures": conjectures}[a.what](a)

@@ -1,15 +1,25 @@
-"""A local Sprites renderer: 64x64 RGB images of one square with 4 Beta-distributed factors.
+"""A local Sprites renderer: 64x64 RGB images of one sprite with 4 Beta-distributed factors.
 
-Two geometries map the factors ``B`` in ``(0, 1)`` to a square:
+The factors ``B`` in ``(0, 1)`` are x, y, scale and hue. The geometries follow spriteworld,
+whose shapes are regular polygons of area 1 scaled by ``B_s`` (so area ``B_s^2``) around the
+centre ``(B_x, B_y)``, anywhere in the frame (a sprite can be partly out of it):
 
-- ``"spriteworld"`` (the default): spriteworld's factor ranges, as in the official code's
-  generator: centre ``(B_x, B_y)`` anywhere in the frame (a square can be partly out of it) and
-  circumradius ``B_s`` (so side ``sqrt(2) B_s``, from a point to larger than the frame); the
-  official code draws triangles, spriteworld's ``"square"`` shape is this one.
+- ``"triangle"`` (the default): spriteworld's triangle, apex up, as the official code's
+  generator draws (side ``B_s sqrt(4 / sqrt(3))``, centred on its centroid).
+- ``"square"``: spriteworld's axis-aligned square (side ``B_s``).
+- ``"large-square"``: a square of side ``sqrt(2) B_s`` (twice spriteworld's area), the one this
+  module drew before the triangle; kept so its numbers in docs/results.md can be reproduced.
 - ``"compact"``: the first renderer here, centre ``0.2 + 0.55 B`` and side ``0.11 + 0.09 B_s``
   (7-13 pixels). Its images carry far less signal (:func:`factor_signal`, seed 0): a total
-  pixel variance of 81 against 1,109, and a one-sd change of the size (hue) moves an image by
-  a squared distance of 40 (40) against 4,340 (811); x and y by ~300 against ~3,000.
+  pixel variance of 81 against 1,109 for ``"large-square"``, and a one-sd change of the size
+  (hue) moves an image by a squared distance of 40 (40) against 4,340 (811).
+
+Why the scale matters for the IMA bias: x, y and the size move a regular polygon's edges, so
+their Jacobian columns are orthogonal; per unit of the factor, x and y have equal norms (a
+conformal pair for any shape, pinned only by the factors' distributions), and the size column's
+squared norm is that of x times 1 for ``"large-square"`` (a conformal x, y, size block: any
+rotation among the three keeps the columns orthogonal), 1/2 for ``"square"`` and 0.385 for
+``"triangle"``, which breaks that symmetry for the size (:func:`factor_gram` measures it).
 """
 
 from __future__ import annotations
@@ -30,10 +40,11 @@ from .fileio import atomic_write_bytes
 from .priors import beta as beta_prior
 
 __all__ = ["FACTORS", "GEOMETRIES", "default_beta_params", "sample_factors", "render",
-           "sprites_dataset", "SpritesConfig", "coverage", "binary_sprites", "factor_signal"]
+           "sprites_dataset", "SpritesConfig", "coverage", "binary_sprites", "factor_signal",
+           "factor_gram"]
 
 FACTORS = ("x", "y", "scale", "hue")
-GEOMETRIES = ("spriteworld", "compact")
+GEOMETRIES = ("triangle", "square", "large-square", "compact")
 _PARAM_STREAM, _FACTOR_STREAM, _SPLIT_STREAM, _BINARY_STREAM = 21, 22, 23, 24
 
 
@@ -63,14 +74,12 @@ def _check_geometry(geometry: str) -> None:
 
 
 def render(factors: np.ndarray, size: int = 64, supersample: int = 4,
-           chunk: int = 1024, geometry: str = "spriteworld") -> np.ndarray:
-    """Images ``(n, 3, size, size)`` uint8 of one axis-aligned square on black.
+           chunk: int = 1024, geometry: str = "triangle") -> np.ndarray:
+    """Images ``(n, 3, size, size)`` uint8 of one sprite on black.
 
-    Factors ``B`` in ``(0, 1)`` set the square's centre and size by ``geometry`` (see the
-    module's docstring), hue ``B_h`` with saturation and value 1. Anti-aliased by ``supersample
-    x supersample`` subsampling of every pixel; a square's indicator is separable, so the 2-D
-    subsample mean is the product of two 1-D ones, which is what makes 60,000 images a few
-    seconds of numpy.
+    Factors ``B`` in ``(0, 1)`` set the sprite's centre and size by ``geometry`` (see the
+    module's docstring), hue ``B_h`` with saturation and value 1, anti-aliased as
+    :func:`coverage` says.
     """
     f = np.asarray(factors, dtype=np.float64)
     if f.ndim != 2 or f.shape[1] != 4:
@@ -82,20 +91,48 @@ def render(factors: np.ndarray, size: int = 64, supersample: int = 4,
     return out
 
 
+# a regular triangle of area 1 has circumradius sqrt(4 / (3 sqrt(3)))
+_TRIANGLE_R = float(np.sqrt(4 / (3 * np.sqrt(3))))
+
+
 def coverage(factors: np.ndarray, size: int = 64, supersample: int = 4,
-             geometry: str = "spriteworld") -> np.ndarray:
-    """The square's anti-aliased coverage of every pixel, ``(n, size, size)`` in ``[0, 1]``
-    (row 0 at the top); only the x, y and scale factors matter."""
+             geometry: str = "triangle") -> np.ndarray:
+    """The sprite's anti-aliased coverage of every pixel, ``(n, size, size)`` in ``[0, 1]``
+    (row 0 at the top); only the x, y and scale factors matter.
+
+    Squares: the mean over ``supersample x supersample`` subsamples of every pixel; a square's
+    indicator is separable, so that is the product of two 1-D means (60,000 images in a few
+    seconds of numpy). The triangle: ``supersample`` rows per pixel, each row's horizontal
+    overlap with the triangle exact (a convex shape meets a row in one interval).
+    """
     _check_geometry(geometry)
     f = np.asarray(factors, dtype=np.float64)
+    if geometry == "triangle":
+        return _triangle_coverage(f[:, 0], f[:, 1], f[:, 2] * _TRIANGLE_R, size, supersample)
     if geometry == "compact":
         cx, cy = 0.2 + 0.55 * f[:, 0], 0.2 + 0.55 * f[:, 1]
         half = (0.11 + 0.09 * f[:, 2]) / 2
-    else:  # circumradius B_s: half the side is B_s / sqrt(2)
-        cx, cy, half = f[:, 0], f[:, 1], f[:, 2] / np.sqrt(2.0)
+    else:  # side B_s ("square") or sqrt(2) B_s ("large-square")
+        cx, cy = f[:, 0], f[:, 1]
+        half = f[:, 2] / (2.0 if geometry == "square" else np.sqrt(2.0))
     cov_x = _coverage(cx - half, cx + half, size, supersample)  # (n, W)
     cov_y = _coverage(cy - half, cy + half, size, supersample)  # (n, H)
     return cov_y[:, ::-1, None] * cov_x[:, None, :]  # y grows upwards
+
+
+def _triangle_coverage(cx, cy, r, size: int, ss: int) -> np.ndarray:
+    """Coverage of a regular triangle, apex up, centroid ``(cx, cy)``, circumradius ``r``."""
+    y = (np.arange(size * ss) + 0.5) / (size * ss)  # subrow centres, upwards
+    # the row at height y meets the triangle in [cx - w, cx + w] between its base and apex
+    w = (cy[:, None] + r[:, None] - y) / np.sqrt(3.0)  # (n, S)
+    w = np.where(y >= (cy - r / 2)[:, None], np.maximum(w, 0.0), 0.0)
+    # in pixel units, pixel j holds clip(hi - j, 0, 1) - clip(lo - j, 0, 1) of [lo, hi]
+    j = np.arange(size, dtype=np.float32)
+    lo = ((cx[:, None] - w) * size).astype(np.float32)[..., None] - j
+    hi = ((cx[:, None] + w) * size).astype(np.float32)[..., None] - j
+    rows = np.clip(hi, 0, 1, out=hi) - np.clip(lo, 0, 1, out=lo)  # (n, S, W)
+    cov = rows.reshape(len(cx), size, ss, size).mean(2)
+    return cov[:, ::-1]  # row 0 at the top
 
 
 def _render_chunk(f: np.ndarray, size: int, supersample: int, geometry: str) -> np.ndarray:
@@ -117,7 +154,7 @@ class SpritesConfig:
     size: int = 64
     supersample: int = 4
     split: tuple = (0.7, 0.2, 0.1)
-    geometry: str = "spriteworld"
+    geometry: str = "triangle"
 
     def key(self) -> str:
         _check_geometry(self.geometry)
@@ -191,37 +228,60 @@ def binary_sprites(n: int = 10_000, size: int = 28, seed: int = 0,
     return Dataset(*splits, config={"binary_sprites": {"n": n, "size": size, "seed": seed}})
 
 
-def factor_signal(geometry: str = "spriteworld", n: int = 2000, seed: int = 0,
+def factor_gram(geometry: str = "triangle", n: int = 1000, seed: int = 0, size: int = 64,
+                rel_step: float = 0.05, units: str = "sd", chunk: int = 250) -> np.ndarray:
+    """The mean Gram matrix of the generator's Jacobian columns, ``(4, 4)``.
+
+    ``G[k, l]`` is the mean over ``n`` factor draws (the generator's Beta parameters for
+    ``seed``) of ``<dx/dB_k, dx/dB_l>`` (pixels in [0, 1]; central differences with step
+    ``rel_step * sd(B_k)``), with each factor measured in ``units``: ``"sd"`` (its standard
+    deviation, so ``G[k, k]`` is the squared image distance a one-sd change makes, to first
+    order) or ``"factor"`` (the factor itself). Off-diagonal entries near 0 mean orthogonal
+    columns; equal diagonal entries within a block of orthogonal columns mean a conformal
+    block, whose rotations keep the columns orthogonal (no IMA preference among them).
+    """
+    _check_geometry(geometry)
+    check_int("n", n, minimum=2)
+    if units not in ("sd", "factor"):
+        raise ValueError(f"units: expected 'sd' or 'factor', got {units!r}")
+    f = sample_factors(n, *default_beta_params(seed), seed)
+    sd = f.std(0)
+    unit = sd if units == "sd" else np.ones(4)
+    gram = np.zeros((4, 4))
+    for s in range(0, n, chunk):
+        g = f[s:s + chunk]
+        cols = []
+        for k in range(4):
+            h = rel_step * sd[k]
+            up, down = g.copy(), g.copy()
+            up[:, k] += h
+            down[:, k] -= h
+            diff = (_float_images(up, size, geometry) - _float_images(down, size, geometry))
+            cols.append(diff.reshape(len(g), -1) * (unit[k] / (2 * h)))
+        cols = np.stack(cols, 1)  # (m, 4, P)
+        gram += np.einsum("mkp,mlp->kl", cols, cols)
+    return gram / n
+
+
+def _float_images(f: np.ndarray, size: int, geometry: str) -> np.ndarray:
+    return render(np.clip(f, 1e-6, 1 - 1e-6), size, geometry=geometry).astype(np.float64) / 255
+
+
+def factor_signal(geometry: str = "triangle", n: int = 2000, seed: int = 0,
                   size: int = 64, rel_step: float = 0.05) -> dict:
     """How much each factor moves the image, against unit pixel noise.
 
-    For ``n`` factor draws (the generator's Beta parameters for ``seed``), the mean squared
-    pixel distance ``||x(B + h e_k) - x(B)||^2 / h^2 * sd(B_k)^2`` (pixels in [0, 1], a central
-    difference with ``h = rel_step * sd(B_k)``): the squared image distance a one-sd change of
-    factor ``k`` makes, to first order. With a Gaussian likelihood of precision ``gamma2`` per
-    pixel, ``gamma2`` times it is what encoding the factor gains in reconstruction (nats, up to
-    1/2) against its KL cost. Also ``pixel_variance``, the total pixel variance of the images
-    (the trace of their covariance) and ``lit_fraction``, the mean share of pixels covered.
+    ``per_factor``: the diagonal of :func:`factor_gram` in sd units, the mean squared pixel
+    distance a one-sd change of factor ``k`` makes, to first order (pixels in [0, 1]). With a
+    Gaussian likelihood of precision ``gamma2`` per pixel, ``gamma2`` times it is what encoding
+    the factor gains in reconstruction (nats, up to 1/2) against its KL cost. Also
+    ``pixel_variance``, the total pixel variance of the images (the trace of their covariance)
+    and ``lit_fraction``, the mean share of pixels covered.
     """
-    _check_geometry(geometry)
-    a, b = default_beta_params(seed)
-    f = sample_factors(n, a, b, seed)
-    sd = f.std(0)
-
-    def images(g):
-        return render(np.clip(g, 1e-6, 1 - 1e-6), size, geometry=geometry).astype(
-            np.float64) / 255.0
-
-    base = images(f)
-    out = {}
-    for k, name in enumerate(FACTORS):
-        h = rel_step * sd[k]
-        up, down = f.copy(), f.copy()
-        up[:, k] += h
-        down[:, k] -= h
-        d = (images(up) - images(down)) / (2 * h) * sd[k]
-        out[name] = float((d.reshape(n, -1) ** 2).sum(1).mean())
-    flat = base.reshape(n, -1)
-    return {"per_factor": out, "pixel_variance": float(flat.var(0).sum()),
+    gram = factor_gram(geometry, n, seed, size, rel_step)
+    f = sample_factors(n, *default_beta_params(seed), seed)
+    flat = _float_images(f, size, geometry).reshape(n, -1)
+    return {"per_factor": {name: float(gram[k, k]) for k, name in enumerate(FACTORS)},
+            "pixel_variance": float(flat.var(0).sum()),
             "lit_fraction": float(coverage(f, size, geometry=geometry).mean()),
             "geometry": geometry}

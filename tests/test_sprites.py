@@ -8,7 +8,7 @@ from matplotlib.colors import rgb_to_hsv
 from pyro_ima import inference, models, priors, sprites
 
 
-def _images(n=400, seed=0, geometry="spriteworld"):
+def _images(n=400, seed=0, geometry="triangle"):
     f = sprites.sample_factors(n, *sprites.default_beta_params(seed), seed)
     return f, sprites.render(f, geometry=geometry)
 
@@ -45,26 +45,71 @@ def test_every_factor_is_recoverable_from_the_images():
     assert np.median(err) < 0.01
 
 
-def test_spriteworld_geometry_square_has_circumradius_b_s():
-    # a square fully inside the frame covers (sqrt(2) B_s * 64)^2 pixels; one centred on a
-    # corner shows a quarter of itself; the compact geometry's side is 0.11 + 0.09 B_s
-    f = np.array([[0.5, 0.5, 0.3, 0.0], [0.0, 1.0, 0.3, 0.0], [0.4, 0.6, 0.05, 0.5]])
-    cov = sprites.coverage(f, geometry="spriteworld")
-    side = np.sqrt(2) * f[:, 2] * 64
-    # edges snap to the 4 x 4 subsamples: the side is off by up to 1/4 pixel
-    def close(area, side):
-        return abs(area - side ** 2) <= 2 * side * 0.25 + 0.1
+def _close(area, side, ss=4):
+    # edges snap to the subsamples: each side is off by up to 1 / ss pixel
+    return abs(area - side ** 2) <= 2 * side / ss + 0.1
 
-    assert close(cov[0].sum(), side[0]) and close(cov[2].sum(), side[2])
-    assert close(cov[1].sum(), side[1] / 2)
+
+def test_square_geometries_have_spriteworld_scale_and_twice_its_area():
+    # spriteworld's square of scale B_s has area B_s^2 (side B_s): fully inside the frame it
+    # covers (B_s * 64)^2 pixels, centred on a corner a quarter of that; "large-square" has
+    # side sqrt(2) B_s; the compact geometry's side is 0.11 + 0.09 B_s
+    f = np.array([[0.5, 0.5, 0.3, 0.0], [0.0, 1.0, 0.3, 0.0], [0.4, 0.6, 0.05, 0.5]])
+    for geometry, side in (("square", f[:, 2] * 64), ("large-square", np.sqrt(2) * f[:, 2] * 64)):
+        cov = sprites.coverage(f, geometry=geometry)
+        assert _close(cov[0].sum(), side[0]) and _close(cov[2].sum(), side[2])
+        assert _close(cov[1].sum(), side[1] / 2)
     compact = sprites.coverage(f, geometry="compact")
-    assert close(compact[0].sum(), (0.11 + 0.09 * 0.3) * 64)
-    with pytest.raises(ValueError, match="geometry"):
-        sprites.coverage(f, geometry="triangle")
+    assert _close(compact[0].sum(), (0.11 + 0.09 * 0.3) * 64)
+    with pytest.raises(ValueError, match="geometry: expected one of"):
+        sprites.coverage(f, geometry="spriteworld")
+
+
+def test_triangle_is_spriteworlds_area_centroid_and_orientation():
+    # area B_s^2, centroid (B_x, B_y), apex up (y grows upwards: row 0 is the top), the
+    # base the widest row; partly out of the frame it keeps only what is inside
+    f = np.array([[0.5, 0.5, 0.3, 0.0], [0.3, 0.6, 0.1, 0.0], [0.5, 0.0, 0.3, 0.0]])
+    cov = sprites.coverage(f, geometry="triangle", supersample=16)
+    centres = np.arange(64) + 0.5
+    for k in range(2):
+        area = cov[k].sum()
+        assert abs(area / (f[k, 2] * 64) ** 2 - 1) < 0.01, area  # the base snaps to rows
+        cx = (cov[k].sum(0) * centres).sum() / area / 64
+        cy = 1 - (cov[k].sum(1) * centres).sum() / area / 64
+        assert abs(cx - f[k, 0]) < 1e-3 and abs(cy - f[k, 1]) < 2e-3, (cx, cy)
+    widths = cov[0].sum(1)
+    lit = np.nonzero(widths > 0.5)[0]
+    # narrow apex at the top, the widest row near the bottom
+    assert widths.max() > 10 * widths[lit[0]] and np.argmax(widths) > lit.mean() + 5
+    # centroid on the frame's bottom edge: what is inside is the part above the centroid, a
+    # similar triangle of 2/3 the height, so 4/9 of the area
+    assert abs(cov[2].sum() / (0.3 * 64) ** 2 - 4 / 9) < 0.01
+
+
+def test_factor_gram_finds_the_conformal_block_of_the_large_square():
+    # x, y and size move different edges: orthogonal columns. Per unit of the factor, the
+    # large square's size column has the norm of its x column (a conformal block that
+    # rotations preserve); spriteworld's scale halves it for the square, less for the triangle
+    ratio = {}
+    for g in ("large-square", "square", "triangle"):
+        gram = sprites.factor_gram(g, n=120, units="factor")
+        d = np.sqrt(np.diag(gram))
+        cos = gram / np.outer(d, d)
+        assert np.allclose(cos, cos.T) and np.abs(cos - np.eye(4)).max() < 0.15, (g, cos)
+        ratio[g] = gram[2, 2] / gram[0, 0]
+    assert 0.85 < ratio["large-square"] < 1.2
+    assert 0.45 < ratio["square"] < 0.7 and 0.3 < ratio["triangle"] < 0.5, ratio
+    # sd units rescale by the factors' sds, so the diagonal is what factor_signal reports
+    f = sprites.sample_factors(120, *sprites.default_beta_params(0), 0)
+    sd_gram = sprites.factor_gram("square", n=120)
+    np.testing.assert_allclose(np.diag(sd_gram), np.diag(sprites.factor_gram(
+        "square", n=120, units="factor")) * f.std(0) ** 2, rtol=1e-9)
+    with pytest.raises(ValueError, match="units: expected"):
+        sprites.factor_gram(units="pixels")
 
 
 def test_factor_signal_measures_the_spriteworld_geometry_as_far_richer():
-    sw = sprites.factor_signal("spriteworld", n=200)
+    sw = sprites.factor_signal("large-square", n=200)
     co = sprites.factor_signal("compact", n=200)
     assert sw["pixel_variance"] > 5 * co["pixel_variance"]
     for k in sprites.FACTORS:
