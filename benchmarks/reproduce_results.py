@@ -4,9 +4,10 @@
     python benchmarks/reproduce_results.py moebius-protocol [--lr 3e-3 --patience 3 --halvings 4
                                                             --init-scale S]
     python benchmarks/reproduce_results.py sprites-geometry
-    python benchmarks/reproduce_results.py sprites-long [--lr 1e-3]
+    python benchmarks/reproduce_results.py sprites-long [--lr 1e-3] [--geometry triangle]
     python benchmarks/reproduce_results.py sprites-diagnostic [--sprites-prior symmetric]
                                                               [--sprites-anneal]
+                                                              [--geometry triangle]
     python benchmarks/reproduce_results.py sprites-oracle [--geometry triangle]
     python benchmarks/reproduce_results.py elbo-vs-lima [--out-root runs/results]
     python benchmarks/reproduce_results.py is-vs-quadrature
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 from scipy import stats
 from scipy.stats import ortho_group
+
+from pyro_ima import sprites
 
 
 def reference_moebius_scale(args) -> None:
@@ -114,7 +117,7 @@ def sprites_geometry(args) -> None:
     """Per geometry: the generator's Jacobian Gram (sprites.factor_gram, 1,000 draws) per unit
     of each factor and per sd, the largest |cosine| between columns, and the pixel variance."""
     from pyro_ima import sprites
-    for g in ("large-square", "square", "triangle"):
+    for g in ("compact", "large-square", "square", "triangle"):
         gram = sprites.factor_gram(g, n=1000, units="factor")
         d = np.sqrt(np.diag(gram))
         cos = np.abs(gram / np.outer(d, d) - np.eye(4)).max()
@@ -359,8 +362,8 @@ if __name__ == "__main__":
                    help="moebius-protocol: epoch cap (60); sprites-oracle: ELBO epochs (30)")
     p.add_argument("--sup-epochs", type=int, default=15,
                    help="sprites-oracle: supervised epochs before the ELBO")
-    p.add_argument("--geometry", default="triangle",
-                   help="sprites-*: the sprite's geometry (sprites.GEOMETRIES)")
+    p.add_argument("--geometry", default="triangle", choices=sprites.GEOMETRIES,
+                   help="sprites-long, sprites-diagnostic, sprites-oracle: the sprite's geometry")
     p.add_argument("--init-scale", type=float, default=None,
                    help="moebius-protocol: initial encoder sd (default: the study's)")
     p.add_argument("--sprites-prior", choices=["true", "symmetric", "learned"], default="true",

@@ -189,9 +189,14 @@ def _typed(name: str, value, hint, where: str):
     raise ValueError(f"{name}: expected {expected} in {where}, got {value!r}")
 
 
+# the geometry `train --mixing sprites` renders (recorded in results.json; runs trained before
+# it was the triangle have no record and were on the large square)
+SPRITES_GEOMETRY = "triangle"
+
+
 def _build_sprites(cfg: RunConfig):
     """Sprites: rendered images, a Beta prior with the generator's own (a, b), conv nets."""
-    scfg = sprites.SpritesConfig(n=cfg.n, seed=cfg.seed)
+    scfg = sprites.SpritesConfig(n=cfg.n, seed=cfg.seed, geometry=SPRITES_GEOMETRY)
     ds = sprites.sprites_dataset(scfg)
     a, b = sprites.default_beta_params(cfg.seed)
     p0 = priors.beta(4, a=a.tolist(), b=b.tolist())
@@ -312,6 +317,8 @@ def _train(cfg: RunConfig, out_dir: Path | None, progress: bool):
                "metrics": evaluate(ds, vae, guide, config=cfg.eval_config(), seed=cfg.seed)}
     if cfg.data is not None:
         results["data_sha256"] = file_sha256(cfg.data)
+    if cfg.mixing == "sprites":
+        results["sprites_geometry"] = SPRITES_GEOMETRY
     if out_dir is not None:
         atomic_torch_save(out_dir / "state.pt", {"kind": "pyro_ima.state", "run_id": run_id,
                                                  "config": cfg.to_dict(),
@@ -355,6 +362,10 @@ def load_run(run_dir: str | os.PathLike, *, device: str | None = None,
                          f"(a run stopped between its two writes?); train again")
     if cfg.data is not None and results.get("data_sha256") != file_sha256(cfg.data):
         raise ValueError(f"data: {cfg.data!r} changed since this run was trained")
+    if cfg.mixing == "sprites" and results.get("sprites_geometry") != SPRITES_GEOMETRY:
+        raise ValueError(f"mixing: this Sprites run was trained on the "
+                         f"{results.get('sprites_geometry', 'large-square')} renderer, and "
+                         f"runs now use spriteworld's {SPRITES_GEOMETRY}; train again")
     moved = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
     cfg = dataclasses.replace(cfg, **moved)
     ds, vae, guide = build(cfg)

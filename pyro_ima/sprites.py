@@ -10,16 +10,19 @@ centre ``(B_x, B_y)``, anywhere in the frame (a sprite can be partly out of it):
 - ``"large-square"``: a square of side ``sqrt(2) B_s`` (twice spriteworld's area), the one this
   module drew before the triangle; kept so its numbers in docs/results.md can be reproduced.
 - ``"compact"``: the first renderer here, centre ``0.2 + 0.55 B`` and side ``0.11 + 0.09 B_s``
-  (7-13 pixels). Its images carry far less signal (:func:`factor_signal`, seed 0): a total
-  pixel variance of 81 against 1,109 for ``"large-square"``, and a one-sd change of the size
-  (hue) moves an image by a squared distance of 40 (40) against 4,340 (811).
+  (7-13 pixels). Its images carry far less signal (:func:`factor_gram` per sd, 1,000 draws of
+  seed 0): a total pixel variance of 81 against 1,109 for ``"large-square"`` (683 for the
+  triangle), and a one-sd change of the size (hue) moves an image by a squared distance of 6
+  (41) against 4,859 (823) for ``"large-square"`` and 1,610 (419) for the triangle.
 
-Why the scale matters for the IMA bias: x, y and the size move a regular polygon's edges, so
-their Jacobian columns are orthogonal; per unit of the factor, x and y have equal norms (a
-conformal pair for any shape, pinned only by the factors' distributions), and the size column's
-squared norm is that of x times 1 for ``"large-square"`` (a conformal x, y, size block: any
-rotation among the three keeps the columns orthogonal), 1/2 for ``"square"`` and 0.385 for
-``"triangle"``, which breaks that symmetry for the size (:func:`factor_gram` measures it).
+Why the scale matters for the IMA bias: each geometric Jacobian column is the normal velocity
+of the sprite's boundary, and around a regular polygon those of an x shift, a y shift and a
+scaling are orthogonal to each other, so the columns are nearly orthogonal (up to the pixel
+grid); per unit of the factor, x and y have equal norms (a conformal pair for any regular
+polygon, pinned only by the factors' distributions), and the size column's squared norm is
+about that of x for ``"large-square"`` (a conformal x, y, size block: any rotation among the
+three keeps the columns orthogonal), 1/2 of it for ``"square"`` and 0.41 for ``"triangle"``,
+which breaks that symmetry for the size (:func:`factor_gram` measures it).
 """
 
 from __future__ import annotations
@@ -109,30 +112,52 @@ def coverage(factors: np.ndarray, size: int = 64, supersample: int = 4,
     f = np.asarray(factors, dtype=np.float64)
     if geometry == "triangle":
         return _triangle_coverage(f[:, 0], f[:, 1], f[:, 2] * _TRIANGLE_R, size, supersample)
-    if geometry == "compact":
-        cx, cy = 0.2 + 0.55 * f[:, 0], 0.2 + 0.55 * f[:, 1]
-        half = (0.11 + 0.09 * f[:, 2]) / 2
-    else:  # side B_s ("square") or sqrt(2) B_s ("large-square")
-        cx, cy = f[:, 0], f[:, 1]
-        half = f[:, 2] / (2.0 if geometry == "square" else np.sqrt(2.0))
+    cx, cy, half = _square(f, geometry)
     cov_x = _coverage(cx - half, cx + half, size, supersample)  # (n, W)
     cov_y = _coverage(cy - half, cy + half, size, supersample)  # (n, H)
     return cov_y[:, ::-1, None] * cov_x[:, None, :]  # y grows upwards
 
 
+def _square(f: np.ndarray, geometry: str):
+    """Centre and half side of the square geometries."""
+    if geometry == "compact":
+        return 0.2 + 0.55 * f[:, 0], 0.2 + 0.55 * f[:, 1], (0.11 + 0.09 * f[:, 2]) / 2
+    # side B_s ("square") or sqrt(2) B_s ("large-square")
+    return f[:, 0], f[:, 1], f[:, 2] / (2.0 if geometry == "square" else np.sqrt(2.0))
+
+
+def _smooth_coverage(f: np.ndarray, size: int, geometry: str, ss: int) -> np.ndarray:
+    """Coverage that moves smoothly with the factors, for derivatives: a square's exact pixel
+    areas, a triangle's ``ss`` rows per pixel (each exact horizontally, its base exact)."""
+    if geometry == "triangle":
+        return _triangle_coverage(f[:, 0], f[:, 1], f[:, 2] * _TRIANGLE_R, size, ss)
+    cx, cy, half = _square(f, geometry)
+    cov_x, cov_y = _overlap(cx - half, cx + half, size), _overlap(cy - half, cy + half, size)
+    return cov_y[:, ::-1, None] * cov_x[:, None, :]
+
+
 def _triangle_coverage(cx, cy, r, size: int, ss: int) -> np.ndarray:
     """Coverage of a regular triangle, apex up, centroid ``(cx, cy)``, circumradius ``r``."""
-    y = (np.arange(size * ss) + 0.5) / (size * ss)  # subrow centres, upwards
-    # the row at height y meets the triangle in [cx - w, cx + w] between its base and apex
-    w = (cy[:, None] + r[:, None] - y) / np.sqrt(3.0)  # (n, S)
-    w = np.where(y >= (cy - r / 2)[:, None], np.maximum(w, 0.0), 0.0)
-    # in pixel units, pixel j holds clip(hi - j, 0, 1) - clip(lo - j, 0, 1) of [lo, hi]
-    j = np.arange(size, dtype=np.float32)
-    lo = ((cx[:, None] - w) * size).astype(np.float32)[..., None] - j
-    hi = ((cx[:, None] + w) * size).astype(np.float32)[..., None] - j
-    rows = np.clip(hi, 0, 1, out=hi) - np.clip(lo, 0, 1, out=lo)  # (n, S, W)
+    dy = 1.0 / (size * ss)
+    y0 = np.arange(size * ss) * dy  # subrow bottoms, upwards
+    # the part of each subrow between the base and the apex (so the base moves smoothly), and
+    # the triangle's half-width [cx - w, cx + w] at its middle
+    lo_y = np.maximum(y0, (cy - r / 2)[:, None])
+    hi_y = np.minimum(y0 + dy, (cy + r)[:, None])
+    frac = np.clip((hi_y - lo_y) / dy, 0.0, 1.0).astype(np.float32)  # (n, S)
+    w = np.maximum((cy[:, None] + r[:, None] - (lo_y + hi_y) / 2) / np.sqrt(3.0), 0.0)
+    rows = _overlap(cx[:, None] - w, cx[:, None] + w, size) * frac[..., None]  # (n, S, W)
     cov = rows.reshape(len(cx), size, ss, size).mean(2)
     return cov[:, ::-1]  # row 0 at the top
+
+
+def _overlap(lo: np.ndarray, hi: np.ndarray, size: int) -> np.ndarray:
+    """Exact share of each pixel ``[j, j + 1] / size`` inside ``[lo, hi]``, ``(*, size)``."""
+    j = np.arange(size, dtype=np.float32)
+    a = (lo * size).astype(np.float32)[..., None] - j
+    b = (hi * size).astype(np.float32)[..., None] - j
+    # pixel j holds clip(hi - j, 0, 1) - clip(lo - j, 0, 1) of [lo, hi] (in pixel units)
+    return np.clip(b, 0, 1, out=b) - np.clip(a, 0, 1, out=a)
 
 
 def _render_chunk(f: np.ndarray, size: int, supersample: int, geometry: str) -> np.ndarray:
@@ -161,6 +186,8 @@ class SpritesConfig:
         fields = dict(self.__dict__)
         if fields["geometry"] == "compact":  # the key files rendered before geometries had
             del fields["geometry"]
+        if self.geometry == "triangle":  # the triangle's base became exact in revision 2
+            fields["renderer"] = 2
         text = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -229,14 +256,17 @@ def binary_sprites(n: int = 10_000, size: int = 28, seed: int = 0,
 
 
 def factor_gram(geometry: str = "triangle", n: int = 1000, seed: int = 0, size: int = 64,
-                rel_step: float = 0.05, units: str = "sd", chunk: int = 250) -> np.ndarray:
+                rel_step: float = 0.005, units: str = "sd", supersample: int = 32,
+                chunk: int = 250) -> np.ndarray:
     """The mean Gram matrix of the generator's Jacobian columns, ``(4, 4)``.
 
     ``G[k, l]`` is the mean over ``n`` factor draws (the generator's Beta parameters for
     ``seed``) of ``<dx/dB_k, dx/dB_l>`` (pixels in [0, 1]; central differences with step
-    ``rel_step * sd(B_k)``), with each factor measured in ``units``: ``"sd"`` (its standard
-    deviation, so ``G[k, k]`` is the squared image distance a one-sd change makes, to first
-    order) or ``"factor"`` (the factor itself). Off-diagonal entries near 0 mean orthogonal
+    ``rel_step * sd(B_k)`` on unrounded images whose coverage moves smoothly: a square's exact
+    pixel areas, a triangle's ``supersample`` rows per pixel, each exact horizontally), with
+    each factor measured in ``units``: ``"sd"`` (its standard deviation, so ``G[k, k]`` is the
+    squared image distance a one-sd change makes, to first order) or ``"factor"`` (the factor
+    itself). Off-diagonal entries near 0 mean orthogonal
     columns; equal diagonal entries within a block of orthogonal columns mean a conformal
     block, whose rotations keep the columns orthogonal (no IMA preference among them).
     """
@@ -256,19 +286,23 @@ def factor_gram(geometry: str = "triangle", n: int = 1000, seed: int = 0, size: 
             up, down = g.copy(), g.copy()
             up[:, k] += h
             down[:, k] -= h
-            diff = (_float_images(up, size, geometry) - _float_images(down, size, geometry))
+            diff = (_float_images(up, size, geometry, supersample)
+                    - _float_images(down, size, geometry, supersample))
             cols.append(diff.reshape(len(g), -1) * (unit[k] / (2 * h)))
         cols = np.stack(cols, 1)  # (m, 4, P)
         gram += np.einsum("mkp,mlp->kl", cols, cols)
     return gram / n
 
 
-def _float_images(f: np.ndarray, size: int, geometry: str) -> np.ndarray:
-    return render(np.clip(f, 1e-6, 1 - 1e-6), size, geometry=geometry).astype(np.float64) / 255
+def _float_images(f: np.ndarray, size: int, geometry: str, supersample: int) -> np.ndarray:
+    """Unrounded images in [0, 1], ``(n, 3, size, size)``, from :func:`_smooth_coverage`."""
+    f = np.clip(f, 1e-6, 1 - 1e-6)
+    rgb = hsv_to_rgb(np.stack([f[:, 3], np.ones(len(f)), np.ones(len(f))], -1))
+    return rgb[:, :, None, None] * _smooth_coverage(f, size, geometry, supersample)[:, None]
 
 
 def factor_signal(geometry: str = "triangle", n: int = 2000, seed: int = 0,
-                  size: int = 64, rel_step: float = 0.05) -> dict:
+                  size: int = 64, rel_step: float = 0.005) -> dict:
     """How much each factor moves the image, against unit pixel noise.
 
     ``per_factor``: the diagonal of :func:`factor_gram` in sd units, the mean squared pixel
@@ -280,7 +314,7 @@ def factor_signal(geometry: str = "triangle", n: int = 2000, seed: int = 0,
     """
     gram = factor_gram(geometry, n, seed, size, rel_step)
     f = sample_factors(n, *default_beta_params(seed), seed)
-    flat = _float_images(f, size, geometry).reshape(n, -1)
+    flat = render(f, size, geometry=geometry).reshape(n, -1) / 255.0
     return {"per_factor": {name: float(gram[k, k]) for k, name in enumerate(FACTORS)},
             "pixel_variance": float(flat.var(0).sum()),
             "lit_fraction": float(coverage(f, size, geometry=geometry).mean()),

@@ -93,6 +93,11 @@ CASES = {
                               ValueError, "batching"),
     "conv_input_replicas": (lambda t: models.ConvEncoder(6, channels=4, hidden=8, replicas=2)(
         torch.rand(3, 5, 3, 64, 64)), ValueError, "x"),
+    "sprites_geometry_unknown": (lambda t: sprites.render(np.full((2, 4), 0.5),
+                                                          geometry="spriteworld"),
+                                 ValueError, "geometry"),
+    "factor_gram_units": (lambda t: sprites.factor_gram(n=4, units="pixels"), ValueError,
+                          "units"),
     "epochs_zero": (lambda t: _fit(X, epochs=0), ValueError, "epochs"),
     "seed_count": (lambda t: _replica_fit(seed=[1, 2]), ValueError, "seed"),
     "particles_not_vectorized": (lambda t: _fit(X, batch_size=16, loss=Trace_ELBO(

@@ -125,8 +125,18 @@ def test_sprites_from_the_cli(tmp_path, monkeypatch, capsys):
                  "--eval-points", "4", "--eval-samples", "8", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert "mcc_pearson" in res["metrics"] and "c_ima" in res["metrics"]
+    assert res["sprites_geometry"] == "triangle"
+    assert main(["evaluate", str(out), "--points", "4"]) == 0
     assert main(["train", "--mixing", "sprites", "--prior", "uniform", "--dim", "4",
                  "--out", str(out)]) == 2
+    # a run trained before the triangle (no record: the large square) is refused, not
+    # silently evaluated on other images
+    del res["sprites_geometry"]
+    (out / "results.json").write_text(json.dumps(res))
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "large-square renderer" in err and "train again" in err and len(err.splitlines()) == 1
 
 
 def test_evaluate_keeps_the_run_dtype_unless_asked(tmp_path):

@@ -3,10 +3,10 @@ gamma2 sweep of the public reference (0.1, 1, 10, 100).
 
 The images are spriteworld's triangle as the official code draws it
 (``sprites.SpritesConfig.geometry``): the first renderer here drew small squares in the frame's
-middle, which carry 14x less pixel variance and ~100x less signal about the size
-(``sprites.factor_signal``); on it the VAE collapsed at gamma2 = 1. Per seed: MCC (overall
-and per factor: x, y, scale, hue) and the decoder's c_IMA at the inferred latents (tall
-Jacobians, 12,288 x 4) over training, and a latent-traversal figure. The seeds of a setting
+middle, which carry 8x less pixel variance than the triangle and hundreds of times less signal
+about the size (``sprites.factor_signal``); on it the VAE collapsed at gamma2 = 1. Per seed:
+MCC (overall and per factor: x, y, scale, hue) and the decoder's c_IMA at the inferred latents
+(tall Jacobians, 12,288 x 4) over training, and a latent-traversal figure. The seeds of a setting
 train as one replica batch (``Config.replicas_per_setting``: 10 in the GPU protocol, 1 on a
 CPU). Reference (paper): per-factor MCC 0.989 / 0.996 / 0.933 / 0.989 (y, x, scale,
 colour). Each seed also writes ``traversal_gamma2_{G}_seed{S}.png``: one row per latent, swept
@@ -254,7 +254,7 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     ax.set_title("per factor")
     ax.legend(loc="upper center", ncol=2)
     seeds = max(v["seeds"] for v in by.values())
-    caption(fig, f"Sprites (64 x 64 RGB, one triangle as spriteworld draws it, Beta "
+    caption(fig, f"Sprites (64 x 64 RGB, one sprite as spriteworld draws it, Beta "
                  f"factors and prior), conv VAE with a diagonal Gaussian encoder, {seeds} "
                  f"seed(s) per gamma^2, {summary['epochs']} epochs. Red: {SWEEP} (middle) and "
                  f"the paper's Fig. 5 (right).")
