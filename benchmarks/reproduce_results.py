@@ -117,14 +117,12 @@ def moebius_protocol(args) -> None:
 def sprites_geometry(args) -> None:
     """Per geometry: the generator's Jacobian Gram (sprites.factor_gram, 1,000 draws) per unit
     of each factor and per sd, the largest |cosine| between columns, and the pixel variance."""
-    from pyro_ima import sprites
     for g in ("compact", "large-square", "square", "triangle"):
-        gram = sprites.factor_gram(g, n=1000, units="factor")
+        info = sprites.factor_signal(g, n=1000)
+        gram = info["gram"] / np.outer(info["sd"], info["sd"])  # per unit of the factors
         d = np.sqrt(np.diag(gram))
         cos = np.abs(gram / np.outer(d, d) - np.eye(4)).max()
-        sd = np.diag(sprites.factor_gram(g, n=1000))
-        info = sprites.factor_signal(g, n=1000)
-        per_sd = " / ".join(f"{v:,.0f}" for v in sd)
+        per_sd = " / ".join(f"{v:,.0f}" for v in np.diag(info["gram"]))
         print(f"{g}: per unit x / y / size / hue {' / '.join(f'{v:,.0f}' for v in d ** 2)}; "
               f"size / x {d[2] ** 2 / d[0] ** 2:.2f}; per sd {per_sd}; "
               f"max |cos| {cos:.3f}; pixel variance {info['pixel_variance']:,.0f}; "

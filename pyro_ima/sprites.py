@@ -106,7 +106,8 @@ def coverage(factors: np.ndarray, size: int = 64, supersample: int = 4,
     Squares: the mean over ``supersample x supersample`` subsamples of every pixel; a square's
     indicator is separable, so that is the product of two 1-D means (60,000 images in a few
     seconds of numpy). The triangle: ``supersample`` rows per pixel, each row's horizontal
-    overlap with the triangle exact (a convex shape meets a row in one interval).
+    overlap with the triangle exact (a convex shape meets a row in one interval), the row
+    holding the base weighted by the share of it above the base.
     """
     _check_geometry(geometry)
     f = np.asarray(factors, dtype=np.float64)
@@ -160,9 +161,13 @@ def _overlap(lo: np.ndarray, hi: np.ndarray, size: int) -> np.ndarray:
     return np.clip(b, 0, 1, out=b) - np.clip(a, 0, 1, out=a)
 
 
+def _hue_rgb(hue: np.ndarray) -> np.ndarray:
+    """RGB in [0, 1] of hues at saturation and value 1, ``(n, 3)``."""
+    return hsv_to_rgb(np.stack([hue, np.ones(len(hue)), np.ones(len(hue))], -1))
+
+
 def _render_chunk(f: np.ndarray, size: int, supersample: int, geometry: str) -> np.ndarray:
-    rgb = hsv_to_rgb(np.stack([f[:, 3], np.ones(len(f)), np.ones(len(f))], -1)).astype(
-        np.float32)  # (n, 3)
+    rgb = _hue_rgb(f[:, 3]).astype(np.float32)  # (n, 3)
     alpha = coverage(f, size, supersample, geometry)  # (n, H, W)
     img = (rgb * 255)[:, :, None, None] * alpha[:, None]  # (n, 3, H, W)
     return np.rint(img, out=img).astype(np.uint8)
@@ -297,8 +302,8 @@ def factor_gram(geometry: str = "triangle", n: int = 1000, seed: int = 0, size: 
 def _float_images(f: np.ndarray, size: int, geometry: str, supersample: int) -> np.ndarray:
     """Unrounded images in [0, 1], ``(n, 3, size, size)``, from :func:`_smooth_coverage`."""
     f = np.clip(f, 1e-6, 1 - 1e-6)
-    rgb = hsv_to_rgb(np.stack([f[:, 3], np.ones(len(f)), np.ones(len(f))], -1))
-    return rgb[:, :, None, None] * _smooth_coverage(f, size, geometry, supersample)[:, None]
+    alpha = _smooth_coverage(f, size, geometry, supersample)  # (n, H, W)
+    return _hue_rgb(f[:, 3])[:, :, None, None] * alpha[:, None]
 
 
 def factor_signal(geometry: str = "triangle", n: int = 2000, seed: int = 0,
@@ -308,14 +313,16 @@ def factor_signal(geometry: str = "triangle", n: int = 2000, seed: int = 0,
     ``per_factor``: the diagonal of :func:`factor_gram` in sd units, the mean squared pixel
     distance a one-sd change of factor ``k`` makes, to first order (pixels in [0, 1]). With a
     Gaussian likelihood of precision ``gamma2`` per pixel, ``gamma2`` times it is what encoding
-    the factor gains in reconstruction (nats, up to 1/2) against its KL cost. Also
-    ``pixel_variance``, the total pixel variance of the images (the trace of their covariance)
-    and ``lit_fraction``, the mean share of pixels covered.
+    the factor gains in reconstruction (nats, up to 1/2) against its KL cost. Also ``gram``,
+    that whole matrix, ``sd``, the factors' sds (``gram / outer(sd, sd)`` is it per unit of the
+    factors), ``pixel_variance``, the total pixel variance of the images (the trace of their
+    covariance) and ``lit_fraction``, the mean share of pixels covered.
     """
     gram = factor_gram(geometry, n, seed, size, rel_step)
     f = sample_factors(n, *default_beta_params(seed), seed)
     flat = render(f, size, geometry=geometry).reshape(n, -1) / 255.0
     return {"per_factor": {name: float(gram[k, k]) for k, name in enumerate(FACTORS)},
+            "gram": gram, "sd": f.std(0),
             "pixel_variance": float(flat.var(0).sum()),
             "lit_fraction": float(coverage(f, size, geometry=geometry).mean()),
             "geometry": geometry}
