@@ -14,10 +14,13 @@
     python benchmarks/reproduce_results.py is-vs-quadrature
     python benchmarks/reproduce_results.py tau-joint [--tau-warmup 30]
     python benchmarks/reproduce_results.py conjectures [--out-root runs/results]
+    python benchmarks/reproduce_results.py guide-families [--seeds 10] [--workers 1]
 
 ``conjectures`` runs studies 6 and 7 at the sizes of docs/results.md (a rerun in the same
 ``--out-root`` only re-summarizes) and prints the 95% Welch intervals the criteria use
 (``scipy.stats.ttest_ind(..., equal_var=False).confidence_interval()``).
+``guide-families`` runs study 6 alone with ``--seeds`` replicas per family (study 6B's 100-seed
+rerun: ``--seeds 100 --workers 2``).
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ def moebius_protocol(args) -> None:
     ``--pole reference`` builds the data with the official code's pole."""
     from pyro_ima import inference, priors
     from pyro_ima.experiments.common import replica_datasets, replica_vae
-    grid = [(g, s) for g in (1e4, 1e5) for s in range(args.seeds)]
+    grid = [(g, s) for g in (1e4, 1e5) for s in range(args.seeds or 4)]
     seeds = [s for _, s in grid]
     p0 = priors.uniform(3)
     tr, va, te, tz, _ = replica_datasets(lambda s: _moebius(s, args.pole), p0, 60_000, seeds)
@@ -316,33 +319,51 @@ def _welch(a, b) -> str:
     return f"{np.mean(a) - np.mean(b):.3f} [{ci.low:.3f}, {ci.high:.3f}]"
 
 
-def conjectures(args) -> None:
-    from pyro_ima.experiments import encoder_side, guide_families, run_study
-    es = run_study("encoder_side", f"{args.out_root}/encoder_side", progress=False,
-                   config=dataclasses.replace(encoder_side.FULL, learned_n=20_000, n=4096,
-                                              epochs=60, tau_warmup=30))
-    gf = run_study("guide_families", f"{args.out_root}/guide_families", progress=False,
-                   config=dataclasses.replace(guide_families.FULL, n=20_000))
-    print(es["table"], gf["table"], sep="\n")
+def _study6(out_root: str, seeds: int, executor=None) -> None:
+    """Study 6 at n = 20k with ``seeds`` replicas per family; print its table and the 6B
+    intervals. 10 seeds write ``guide_families`` (the conjectures' size), others
+    ``guide_families_<seeds>seeds``."""
     import json
-    rows = json.loads(open(f"{args.out_root}/guide_families/results.json").read())["rows"]
+
+    from pyro_ima.experiments import guide_families, run_study
+    out = f"{out_root}/guide_families" + ("" if seeds == 10 else f"_{seeds}seeds")
+    gf = run_study("guide_families", out, progress=False, executor=executor,
+                   config=dataclasses.replace(guide_families.FULL, n=20_000, seeds=seeds))
+    print(gf["table"])
     mcc: dict = {}
-    for r in rows:
+    for r in json.loads(open(f"{out}/results.json").read())["rows"]:
         if r.get("part") == "learned" and r["metric"] == "mcc":
             mcc.setdefault((r["mixing"], r["family"]), []).append(r["value"])
     for mix in ("orthogonal_mlp", "moebius"):
         for other in ("isotropic", "full"):
-            print(f"study 6B {mix}: MCC(diagonal) - MCC({other}) = "
+            print(f"study 6B {mix} ({seeds} seeds): MCC(diagonal) - MCC({other}) = "
                   f"{_welch(mcc[(mix, 'diagonal')], mcc[(mix, other)])}")
+
+
+def guide_families_seeds(args) -> None:
+    from pyro_ima.experiments.executors import Executor
+    ex = (Executor("processes", workers=args.workers, threads_per_worker=1)
+          if args.workers > 1 else None)
+    _study6(args.out_root, args.seeds or 10, ex)
+
+
+def conjectures(args) -> None:
+    import json
+
+    from pyro_ima.experiments import encoder_side, run_study
+    es = run_study("encoder_side", f"{args.out_root}/encoder_side", progress=False,
+                   config=dataclasses.replace(encoder_side.FULL, learned_n=20_000, n=4096,
+                                              epochs=60, tau_warmup=30))
+    print(es["table"])
+    _study6(args.out_root, 10)
     rows = json.loads(open(f"{args.out_root}/encoder_side/results.json").read())["rows"]
-    mcc = {}
+    mcc: dict = {}
     for r in rows:
         if r.get("part") == "learned_decoder" and r["metric"] == "mcc":
             mcc.setdefault((r["learner"], float(r["contrast"])), []).append(r["value"])
     for learner in ("isotropic_learned_tau", "diagonal_isotropic_noise"):
         print(f"study 7B {learner}: MCC(c=0) - MCC(c=4) = "
               f"{_welch(mcc[(learner, 0.0)], mcc[(learner, 4.0)])}")
-
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__,
@@ -352,7 +373,7 @@ if __name__ == "__main__":
                                     "sprites-oracle",
                                     "elbo-vs-lima",
                                     "is-vs-quadrature",
-                                    "tau-joint", "conjectures"])
+                                    "tau-joint", "conjectures", "guide-families"])
     p.add_argument("--out-root", default="runs/results",
                    help="elbo-vs-lima, conjectures: where the studies write")
     p.add_argument("--lr", type=float, default=None,
@@ -377,7 +398,12 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
     p.add_argument("--tau-warmup", type=int, default=0,
                    help="tau-joint: epochs with tau held at 1 first (default 0: joint)")
-    p.add_argument("--seeds", type=int, default=4, help="moebius-protocol: seeds per gamma2")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="moebius-protocol: seeds per gamma2 (4); guide-families: seeds per "
+                        "family (10)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="guide-families: worker processes, one thread each (default 1: this "
+                        "process)")
     p.add_argument("--warmup-epochs", type=int, default=0,
                    help="moebius-protocol: epochs at --warmup-gamma2 first (default 0: none)")
     p.add_argument("--warmup-gamma2", type=float, default=1e3,
@@ -392,4 +418,4 @@ if __name__ == "__main__":
      "sprites-oracle": sprites_oracle, "sprites-geometry": sprites_geometry,
      "elbo-vs-lima": elbo_vs_lima,
      "is-vs-quadrature": is_vs_quadrature, "tau-joint": tau_joint,
-     "conjectures": conjectures}[a.what](a)
+     "conjectures": conjectures, "guide-families": guide_families_seeds}[a.what](a)
