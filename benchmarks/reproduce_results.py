@@ -342,9 +342,10 @@ def _study6(out_root: str, seeds: int, executor=None) -> None:
 
 def guide_families_seeds(args) -> None:
     from pyro_ima.experiments.executors import Executor
-    ex = (Executor("processes", workers=args.workers, threads_per_worker=1)
-          if args.workers > 1 else None)
-    _study6(args.out_root, args.seeds or 10, ex)
+    if args.workers == 1:
+        return _study6(args.out_root, args.seeds or 10)
+    with Executor("processes", workers=args.workers, threads_per_worker=1) as ex:
+        _study6(args.out_root, args.seeds or 10, ex)
 
 
 def conjectures(args) -> None:

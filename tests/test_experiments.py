@@ -58,6 +58,8 @@ def test_moebius_quick_decoder_contrast_collapses_at_large_gamma(tmp_path):
     h = json.loads(head.read_text())  # the committed-summary format, written by the study
     assert set(h["mcc_by_gamma2"]) == {"1e1", "1e5"} and h["quick"] is True
     assert h["compute_seconds"] >= h["seconds"] * 0.5 > 0  # the settings ran in this call
+    assert h["command"] == (f"pyro-ima experiment moebius --quick --out {out} "
+                            f"--summary-to {head}")  # the call that wrote it (tmp: no quotes)
     assert h["mcc_by_gamma2"]["1e5"] == s["mcc"][next(k for k in s["mcc"]
                                                      if float(k) == 1e5)]["mean"]
     c_ima = {float(g): v["mean"] for g, v in s["c_ima"].items()}
@@ -173,6 +175,7 @@ def test_sprites_quick_runs_and_reports_per_factor_mcc(tmp_path, monkeypatch):
     h = json.loads(head.read_text())
     assert h["mcc_mean"] == s["mcc"] and h["mcc_per_factor"]["size"] == s["mcc_scale"]
     assert set(h["mcc_per_factor"]) == {"x", "y", "size", "hue"}
+    assert h["geometry"] == "triangle"  # named in the figure's caption too
     assert (out / "sprites.png").exists()
     assert (out / "traversal_gamma2_1_seed0.png").exists()
     assert (out / "traversal_gamma2_1_seed1.png").exists()

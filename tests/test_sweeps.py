@@ -144,3 +144,16 @@ def test_executor_options_are_checked():
         Executor("local", workers=2)
     with pytest.raises(ValueError, match="executor"):
         Executor("ray")
+
+
+@pytest.mark.parametrize("opts", [[], ["--executor", "processes", "--workers", "3",
+                                        "--threads-per-worker", "2"],
+                                  ["--executor", "dask", "--scheduler", "tcp://10.0.0.5:8786",
+                                   "--threads-per-worker", "1"]])
+def test_executor_cli_options_parse_back_to_the_same_executor(opts):
+    # the headline file's `command` names the executor with these options
+    from pyro_ima.cli import build_parser
+    a = build_parser().parse_args(["experiment", "moebius", *opts])
+    ex = Executor(a.executor, scheduler=a.scheduler, workers=a.workers,
+                  threads_per_worker=a.threads_per_worker)
+    assert ex.cli_options() == opts

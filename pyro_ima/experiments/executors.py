@@ -72,6 +72,14 @@ class Executor:
         where = self.scheduler or f"{self.workers} local workers"
         return f"{self.kind}, {where}"
 
+    def cli_options(self) -> list[str]:
+        """The ``pyro-ima experiment`` options that make this executor ([] for ``local``)."""
+        if self.kind == "local":
+            return []
+        where = (["--scheduler", self.scheduler] if self.scheduler is not None
+                 else ["--workers", str(self.workers)])
+        return ["--executor", self.kind, *where, "--threads-per-worker", str(self.threads)]
+
     def __enter__(self) -> Executor:
         self._open()
         return self

@@ -131,7 +131,8 @@ def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dic
                   **{f"mcc_{name}": m[f"mcc_factor{k}"]
                      for k, name in enumerate(sprites.FACTORS)}}
         rows += inference.tidy_rows(values, {"seed": seeds, "gamma2": g2s}, failed=failed,
-                                    study="sprites", epoch=start + fit.epochs_run)
+                                    study="sprites", epoch=start + fit.epochs_run,
+                                    geometry=cfg.geometry)
     if rt.out_dir is not None:
         with torch.no_grad():
             z_hat = guide.point_estimate(x.to(vae.device, vae.dtype))  # (R, N, d)
@@ -166,7 +167,10 @@ def summarize(rows: list[dict]) -> dict:
             stats_[f"{m}_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
         stats_["seeds"] = len({r["seed"] for r in mine})
         by[g] = stats_
-    return {"by_gamma2": by, "epochs": last, "reference_mcc": REFERENCE_MCC}
+    # the sprite's geometry (rows cached before it was recorded have none)
+    geometry = next((r["geometry"] for r in rows if "geometry" in r), None)
+    return {"by_gamma2": by, "epochs": last, "reference_mcc": REFERENCE_MCC,
+            "geometry": geometry}
 
 
 def headline(summary: dict) -> dict:
@@ -183,7 +187,7 @@ def headline(summary: dict) -> dict:
             "seeds_by_gamma2": {f"{g:g}": v["seeds"] for g, v in by.items()},
             "reference_mcc_by_gamma2": {f"{g:g}": v for g, v in REFERENCE_MCC.items()},
             "paper_per_factor": {names[f]: v for f, v in PAPER_PER_FACTOR.items()},
-            "epochs": summary["epochs"]}
+            "epochs": summary["epochs"], "geometry": summary.get("geometry")}
 
 
 def table(summary: dict) -> str:
@@ -206,6 +210,11 @@ def claim(summary: dict) -> str:
                      + (f" (reference {r:.3f})" if r is not None else "")
                      + f", x / y / scale / hue {per}")
     return f"after {summary['epochs']} epochs: " + "; ".join(parts)
+
+
+_GEOMETRY_WORDS = {"triangle": "spriteworld's triangle", "square": "spriteworld's square",
+                   "large-square": r"a square of side $\sqrt{2}\,B_s$ (large-square)",
+                   "compact": "a small square (compact)"}
 
 
 def plot(rows: list[dict], summary: dict, path_stem) -> None:
@@ -254,7 +263,8 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     ax.set_title("per factor")
     ax.legend(loc="upper center", ncol=2)
     seeds = max(v["seeds"] for v in by.values())
-    caption(fig, f"Sprites (64 x 64 RGB, one sprite as spriteworld draws it, Beta "
+    drawn = _GEOMETRY_WORDS.get(summary.get("geometry"), "one sprite")
+    caption(fig, f"Sprites (64 x 64 RGB, {drawn}, Beta "
                  f"factors and prior), conv VAE with a diagonal Gaussian encoder, {seeds} "
                  f"seed(s) per gamma^2, {summary['epochs']} epochs. Red: {SWEEP} (middle) and "
                  f"the paper's Fig. 5 (right).")
