@@ -335,9 +335,10 @@ def _study6(out_root: str, seeds: int, executor=None) -> None:
         if r.get("part") == "learned" and r["metric"] == "mcc":
             mcc.setdefault((r["mixing"], r["family"]), []).append(r["value"])
     for mix in ("orthogonal_mlp", "moebius"):
-        for other in ("isotropic", "full"):
-            print(f"study 6B {mix} ({seeds} seeds): MCC(diagonal) - MCC({other}) = "
-                  f"{_welch(mcc[(mix, 'diagonal')], mcc[(mix, other)])}")
+        for one, other in (("diagonal", "isotropic"), ("diagonal", "full"),
+                           ("isotropic", "full")):
+            print(f"study 6B {mix} ({seeds} seeds): MCC({one}) - MCC({other}) = "
+                  f"{_welch(mcc[(mix, one)], mcc[(mix, other)])}")
 
 
 def guide_families_seeds(args) -> None:

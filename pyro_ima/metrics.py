@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from scipy.stats import rankdata
+from scipy.stats import ortho_group, rankdata
 
 from ._utils import check_int
 
 __all__ = ["jacobian", "ima_contrast", "conformal_contrast", "row_contrast",
-           "diagonality", "mcc", "MCCResult"]
+           "diagonality", "mcc", "MCCResult", "rotation_chance_mcc"]
 
 
 def jacobian(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *,
@@ -185,3 +185,20 @@ def mcc(z_true, z_est, method: str = "pearson") -> MCCResult:
     matching = np.full(a.shape[1], -1)
     per_factor[rows], matching[rows] = corr[rows, cols], cols
     return MCCResult(float(per_factor.mean()), matching, corr, per_factor)
+
+
+def rotation_chance_mcc(d: int, *, rotations: int = 1000, n: int = 5000,
+                        seed: int = 0) -> np.ndarray:
+    """The MCC of uniformly random rotations (Haar on O(d)) of ``n`` standard Gaussian latents:
+    one value per rotation, the chance level of a model that recovers the latents only up to a
+    rotation (e.g. on a conformal mixing with Gaussian sources, where no contrast prefers one).
+    In 2-D its mean tends to ``2 sqrt(2) / pi`` = 0.900 (``E max(|cos t|, |sin t|)``)."""
+    check_int("d", d, maximum=1024)
+    check_int("rotations", rotations, maximum=10**6)
+    check_int("n", n, minimum=3, maximum=10**7)
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, d))
+    qs = ortho_group.rvs(d, size=rotations, random_state=rng) if d > 1 else \
+        np.sign(rng.standard_normal((rotations, 1, 1)))
+    qs = qs.reshape(rotations, d, d)
+    return np.array([mcc(z, z @ q).score for q in qs])

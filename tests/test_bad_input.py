@@ -98,6 +98,7 @@ CASES = {
                                  ValueError, "geometry"),
     "factor_gram_units": (lambda t: sprites.factor_gram(n=4, units="pixels"), ValueError,
                           "units"),
+    "rotation_chance_d": (lambda t: metrics.rotation_chance_mcc(0), ValueError, "d"),
     "epochs_zero": (lambda t: _fit(X, epochs=0), ValueError, "epochs"),
     "seed_count": (lambda t: _replica_fit(seed=[1, 2]), ValueError, "seed"),
     "particles_not_vectorized": (lambda t: _fit(X, batch_size=16, loss=Trace_ELBO(

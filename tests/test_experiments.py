@@ -113,6 +113,7 @@ def test_guide_families_quick_gaps_match_each_familys_limit(tmp_path):
         assert abs(at_top(key, "approximation_gap")) < 0.05, key
     assert set(s["learned_mcc"]) == {f"{m}/{f}" for m in ("moebius", "orthogonal_mlp")
                                      for f in ("diagonal", "isotropic", "full")}
+    assert 0.80 < s["rotation_chance_mcc"] < 0.86  # 3-D Gaussian latents, random rotations
 
 
 def test_a_study_reruns_from_its_results_file(self_consistency_run, tmp_path):

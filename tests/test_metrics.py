@@ -116,3 +116,13 @@ def test_mcc_extremes():
     assert metrics.mcc(z, noise).score < 0.08
     const = np.concatenate([z[:, :2], np.ones((2000, 1))], 1)
     assert metrics.mcc(z, const).score == pytest.approx(2 / 3, abs=1e-12)
+
+
+def test_rotation_chance_mcc_matches_the_2d_closed_form():
+    # Haar rotations in 2-D: angle t uniform, MCC -> max(|cos t|, |sin t|), mean 2 sqrt(2) / pi
+    v = metrics.rotation_chance_mcc(2, rotations=2000, n=4000)
+    assert v.mean() == pytest.approx(2 * np.sqrt(2) / np.pi, abs=0.006)
+    assert v.min() > 1 / np.sqrt(2) - 0.03 and v.max() <= 1.0
+    assert np.all(metrics.rotation_chance_mcc(1, rotations=5, n=100) == pytest.approx(1.0))
+    # more dimensions, lower chance (3-D: about 0.83)
+    assert metrics.rotation_chance_mcc(3, rotations=500).mean() < v.mean() - 0.05
