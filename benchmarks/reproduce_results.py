@@ -84,7 +84,7 @@ def moebius_protocol(args) -> None:
     ``--pole reference`` builds the data with the official code's pole."""
     from pyro_ima import inference, priors
     from pyro_ima.experiments.common import replica_datasets, replica_vae
-    grid = [(g, s) for g in (1e4, 1e5) for s in range(args.seeds or 4)]
+    grid = [(g, s) for g in (1e4, 1e5) for s in range(4 if args.seeds is None else args.seeds)]
     seeds = [s for _, s in grid]
     p0 = priors.uniform(3)
     tr, va, te, tz, _ = replica_datasets(lambda s: _moebius(s, args.pole), p0, 60_000, seeds)
@@ -313,6 +313,12 @@ def tau_joint(args) -> None:
               + ", ".join(f"{v:.4f}" for v in vals))
 
 
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return int(text)
+
+
 def _welch(a, b) -> str:
     res = stats.ttest_ind(a, b, equal_var=False)
     ci = res.confidence_interval(0.95)
@@ -343,10 +349,11 @@ def _study6(out_root: str, seeds: int, executor=None) -> None:
 
 def guide_families_seeds(args) -> None:
     from pyro_ima.experiments.executors import Executor
+    seeds = 10 if args.seeds is None else args.seeds
     if args.workers == 1:
-        return _study6(args.out_root, args.seeds or 10)
+        return _study6(args.out_root, seeds)
     with Executor("processes", workers=args.workers, threads_per_worker=1) as ex:
-        _study6(args.out_root, args.seeds or 10, ex)
+        _study6(args.out_root, seeds, ex)
 
 
 def conjectures(args) -> None:
@@ -367,6 +374,7 @@ def conjectures(args) -> None:
         print(f"study 7B {learner}: MCC(c=0) - MCC(c=4) = "
               f"{_welch(mcc[(learner, 0.0)], mcc[(learner, 4.0)])}")
 
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -377,7 +385,7 @@ if __name__ == "__main__":
                                     "is-vs-quadrature",
                                     "tau-joint", "conjectures", "guide-families"])
     p.add_argument("--out-root", default="runs/results",
-                   help="elbo-vs-lima, conjectures: where the studies write")
+                   help="elbo-vs-lima, conjectures, guide-families: where the studies write")
     p.add_argument("--lr", type=float, default=None,
                    help="moebius-protocol: 3e-3 by default; sprites-long: 1e-3")
     p.add_argument("--patience", type=int, default=3, help="moebius-protocol")
@@ -400,10 +408,10 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
     p.add_argument("--tau-warmup", type=int, default=0,
                    help="tau-joint: epochs with tau held at 1 first (default 0: joint)")
-    p.add_argument("--seeds", type=int, default=None,
+    p.add_argument("--seeds", type=_at_least_one, default=None,
                    help="moebius-protocol: seeds per gamma2 (4); guide-families: seeds per "
                         "family (10)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=_at_least_one, default=1,
                    help="guide-families: worker processes, one thread each (default 1: this "
                         "process)")
     p.add_argument("--warmup-epochs", type=int, default=0,

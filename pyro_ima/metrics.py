@@ -189,10 +189,11 @@ def mcc(z_true, z_est, method: str = "pearson") -> MCCResult:
 
 def rotation_chance_mcc(d: int, *, rotations: int = 1000, n: int = 5000,
                         seed: int = 0) -> np.ndarray:
-    """The MCC of uniformly random rotations (Haar on O(d)) of ``n`` standard Gaussian latents:
-    one value per rotation, the chance level of a model that recovers the latents only up to a
-    rotation (e.g. on a conformal mixing with Gaussian sources, where no contrast prefers one).
-    In 2-D its mean tends to ``2 sqrt(2) / pi`` = 0.900 (``E max(|cos t|, |sin t|)``)."""
+    """The MCC of uniformly random orthogonal maps (Haar on O(d); a reflection does not change
+    the MCC) of ``n`` standard Gaussian latents: one value per map, what recovering the
+    latents only up to an unidentified rotation scores (e.g. on a conformal mixing with
+    Gaussian sources, where no contrast prefers one rotation). In 2-D the mean tends to
+    ``2 sqrt(2) / pi`` = 0.900 (``E max(|cos t|, |sin t|)`` for a uniform angle ``t``)."""
     check_int("d", d, maximum=1024)
     check_int("rotations", rotations, maximum=10**6)
     check_int("n", n, minimum=3, maximum=10**7)

@@ -60,6 +60,7 @@ def test_moebius_quick_decoder_contrast_collapses_at_large_gamma(tmp_path):
     assert h["compute_seconds"] >= h["seconds"] * 0.5 > 0  # the settings ran in this call
     assert h["command"] == (f"pyro-ima experiment moebius --quick --out {out} "
                             f"--summary-to {head}")  # the call that wrote it (tmp: no quotes)
+    assert h["custom_config"] is False
     assert h["mcc_by_gamma2"]["1e5"] == s["mcc"][next(k for k in s["mcc"]
                                                      if float(k) == 1e5)]["mean"]
     c_ima = {float(g): v["mean"] for g, v in s["c_ima"].items()}
@@ -68,6 +69,29 @@ def test_moebius_quick_decoder_contrast_collapses_at_large_gamma(tmp_path):
     assert c_ima[1e5] < 0.1 < c_ima[1e1]
     assert all(0 <= v <= 1 for v in mcc.values())
     assert (out / "moebius.png").exists() and (out / "moebius.pdf").exists()
+
+
+def test_headline_command_parses_back_and_flags_a_custom_config(tmp_path):
+    import dataclasses
+    import shlex
+
+    from pyro_ima.cli import build_parser
+    from pyro_ima.experiments import moebius, run_study
+    from pyro_ima.experiments.executors import Executor
+    tiny = dataclasses.replace(moebius.QUICK, gamma2s=(1e1,), seeds=1, n=300, epochs=1,
+                               warmup_gamma2=None)
+    out, head = tmp_path / "a dir" / "mo", tmp_path / "h e.json"
+    with Executor("processes", workers=1, threads_per_worker=1) as ex:
+        run_study("moebius", out, progress=False, dtype="float64", executor=ex,
+                  summary_to=head, config=tiny)
+    h = json.loads(head.read_text())
+    assert h["custom_config"] is True and h["config"]["n"] == 300
+    words = shlex.split(h["command"])
+    assert words[:2] == ["pyro-ima", "experiment"]
+    a = build_parser().parse_args(words[1:])
+    assert (a.name, a.quick, a.out, a.summary_to, a.dtype, a.device) == \
+        ("moebius", False, str(out), str(head), "float64", "cpu")
+    assert (a.executor, a.workers, a.threads_per_worker) == ("processes", 1, 1)
 
 
 def test_elbo_vs_lima_quick_gap_tends_to_c_ima(tmp_path):

@@ -148,18 +148,18 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: 
                                    "fingerprint": fingerprint, "versions": meta["versions"],
                                    "seconds": round(meta["seconds"], 1),
                                    "compute_seconds": round(meta["compute_seconds"], 1),
-                                   "command": _command_line(
-                                       name, quick, out, summary_to, device, dtype, executor,
-                                       custom=cfg != (mod.QUICK if quick else mod.FULL))})
+                                   "command": _command_line(name, quick, out, summary_to,
+                                                            device, dtype, executor),
+                                   # a config no command-line option gives (run_study(config=))
+                                   "custom_config": cfg != (mod.QUICK if quick else mod.FULL)})
     return meta
 
 
-def _command_line(name, quick, out, summary_to, device, dtype, executor, custom) -> str:
-    """The ``pyro-ima experiment`` call that reproduces a headline file (its executor too)."""
+def _command_line(name, quick, out, summary_to, device, dtype, executor) -> str:
+    """The ``pyro-ima experiment`` call that wrote a headline file, executor included (paths
+    as given, so relative to where it ran)."""
     words = ["pyro-ima", "experiment", name, *(["--quick"] if quick else []), "--out", str(out)]
     words += ["--device", device] if device != "cpu" else []
     words += ["--dtype", dtype] if dtype != "float32" else []
     words += executor.cli_options() if executor is not None else []
-    line = shlex.join(words + ["--summary-to", str(summary_to)])
-    return line + " (with the config recorded here in place of the study's own)" if custom \
-        else line
+    return shlex.join(words + ["--summary-to", str(summary_to)])

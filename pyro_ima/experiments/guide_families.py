@@ -128,9 +128,8 @@ def summarize(rows: list[dict]) -> dict:
     for r in rows:
         if r["part"] == "learned":
             learned.setdefault(f"{r['mixing']}/{r['family']}", []).append(r["value"])
-    # part B's sources are Gaussian: where no contrast prefers one rotation of the latents (the
-    # conformal Moebius, or an encoder family whose penalty is rotation-invariant), MCC is at
-    # the chance level of a random rotation
+    # a yardstick for part B (Gaussian sources): the mean MCC of a uniformly random rotation
+    # of the true latents, what recovery up to an unidentified rotation scores on average
     chance = float(metrics.rotation_chance_mcc(LEARNED_D).mean()) if learned else None
     return {"fixed": fixed,
             "learned_mcc": {k: float(np.mean(v)) for k, v in sorted(learned.items())},
