@@ -15,6 +15,7 @@
     python benchmarks/reproduce_results.py tau-joint [--tau-warmup 30]
     python benchmarks/reproduce_results.py conjectures [--out-root runs/results]
     python benchmarks/reproduce_results.py guide-families [--seeds 10] [--workers 1]
+                                                          [--warmup-epochs 0]
 
 ``conjectures`` runs studies 6 and 7 at the sizes of docs/results.md (a rerun in the same
 ``--out-root`` only re-summarizes) and prints the 95% Welch intervals the criteria use
@@ -325,16 +326,20 @@ def _welch(a, b) -> str:
     return f"{np.mean(a) - np.mean(b):.3f} [{ci.low:.3f}, {ci.high:.3f}]"
 
 
-def _study6(out_root: str, seeds: int, executor=None) -> None:
-    """Study 6 at n = 20k with ``seeds`` replicas per family; print its table and the 6B
-    intervals. 10 seeds write ``guide_families`` (the conjectures' size), others
-    ``guide_families_<seeds>seeds``."""
+def _study6(out_root: str, seeds: int, executor=None, warmup_epochs: int = 0,
+            warmup_gamma2: float = 1e3) -> None:
+    """Study 6 at n = 20k with ``seeds`` replicas per family (part B with a precision warm-up
+    if ``warmup_epochs``); print its table and the 6B intervals. 10 seeds without warm-up write
+    ``guide_families`` (the conjectures' size), others ``guide_families_<seeds>seeds[_warmup]``."""
     import json
 
     from pyro_ima.experiments import guide_families, run_study
-    out = f"{out_root}/guide_families" + ("" if seeds == 10 else f"_{seeds}seeds")
-    gf = run_study("guide_families", out, progress=False, executor=executor,
-                   config=dataclasses.replace(guide_families.FULL, n=20_000, seeds=seeds))
+    out = f"{out_root}/guide_families" + ("" if seeds == 10 else f"_{seeds}seeds") \
+        + ("_warmup" if warmup_epochs else "")
+    cfg = dataclasses.replace(guide_families.FULL, n=20_000, seeds=seeds,
+                              warmup_gamma2=warmup_gamma2 if warmup_epochs else None,
+                              warmup_epochs=warmup_epochs or guide_families.FULL.warmup_epochs)
+    gf = run_study("guide_families", out, progress=False, executor=executor, config=cfg)
     print(gf["table"])
     mcc: dict = {}
     for r in json.loads(open(f"{out}/results.json").read())["rows"]:
@@ -350,10 +355,11 @@ def _study6(out_root: str, seeds: int, executor=None) -> None:
 def guide_families_seeds(args) -> None:
     from pyro_ima.experiments.executors import Executor
     seeds = 10 if args.seeds is None else args.seeds
+    warm = {"warmup_epochs": args.warmup_epochs, "warmup_gamma2": args.warmup_gamma2}
     if args.workers == 1:
-        return _study6(args.out_root, seeds)
+        return _study6(args.out_root, seeds, **warm)
     with Executor("processes", workers=args.workers, threads_per_worker=1) as ex:
-        _study6(args.out_root, seeds, ex)
+        _study6(args.out_root, seeds, ex, **warm)
 
 
 def conjectures(args) -> None:
@@ -415,9 +421,10 @@ if __name__ == "__main__":
                    help="guide-families: worker processes, one thread each (default 1: this "
                         "process)")
     p.add_argument("--warmup-epochs", type=int, default=0,
-                   help="moebius-protocol: epochs at --warmup-gamma2 first (default 0: none)")
+                   help="moebius-protocol, guide-families: epochs at --warmup-gamma2 first "
+                        "(default 0: none; guide-families: at each precision below the target)")
     p.add_argument("--warmup-gamma2", type=float, default=1e3,
-                   help="moebius-protocol: the warm-up's (first) precision")
+                   help="moebius-protocol, guide-families: the warm-up's (first) precision")
     p.add_argument("--warmup-ramp", action="store_true",
                    help="moebius-protocol: raise the warm-up gamma2 tenfold per stage")
     p.add_argument("--pole", choices=["ours", "reference"], default="ours",

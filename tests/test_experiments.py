@@ -140,6 +140,29 @@ def test_guide_families_quick_gaps_match_each_familys_limit(tmp_path):
     assert 0.80 < s["rotation_chance_mcc"] < 0.86  # 3-D Gaussian latents, random rotations
 
 
+def test_guide_families_warmup_trains_below_the_target_first(monkeypatch):
+    import dataclasses
+
+    from pyro_ima.experiments import common, guide_families
+    seen = []
+    real = common.train
+
+    def spy(vae, *a, **k):
+        seen.append(vae.gamma2.tolist())
+        return real(vae, *a, **k)
+    monkeypatch.setattr(common, "train", spy)  # the warm-up's
+    monkeypatch.setattr(guide_families, "train", spy)  # the study's own
+    cfg = dataclasses.replace(guide_families.QUICK, n=300, seeds=2, epochs=1,
+                              warmup_gamma2=1e2, warmup_epochs=1)
+    setting = {"part": "learned", "mixing": "orthogonal_mlp", "family": "isotropic"}
+    rows = guide_families.run_setting(setting, cfg)
+    assert seen[0] == [1e2, 1e2] and seen[1] == [1e3, 1e3] and seen[-1] == [1e4, 1e4]
+    assert len(seen) == 3 and all(0 <= r["value"] <= 1 for r in rows)
+    seen.clear()
+    guide_families.run_setting(setting, dataclasses.replace(cfg, warmup_gamma2=None))
+    assert seen == [[1e4, 1e4]]
+
+
 def test_a_study_reruns_from_its_results_file(self_consistency_run, tmp_path):
     src = self_consistency_run / "results.json"
     out = tmp_path / "again"

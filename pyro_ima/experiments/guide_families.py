@@ -24,6 +24,7 @@ from .common import (
     Runtime,
     TrainingConfig,
     format_table,
+    precision_warmup,
     replica_vae,
     train,
 )
@@ -54,6 +55,9 @@ class Config(TrainingConfig):
     learned_mixings: tuple = ("moebius", "orthogonal_mlp")
     learned_gamma2: float = 1e4
     seeds: int = 10
+    # part B's precision warm-up (common.precision_warmup; None: none, the 6B runs so far)
+    warmup_gamma2: float | None = None
+    warmup_epochs: int = 10
 
 
 # Part B trains with the Moebius study's protocol (lr 3e-3, per-replica plateau halving).
@@ -105,11 +109,15 @@ def _learned(setting: dict, cfg: Config, rt: Runtime) -> list[dict]:
     seeds = list(range(cfg.seeds))
     ds = data.make_dataset(f, p0, n=cfg.n, seed=0)
     g2 = cfg.learned_gamma2
+    first = g2 if cfg.warmup_gamma2 is None else min(g2, cfg.warmup_gamma2)
     vae, guide = replica_vae(d, p0, torch.full((len(seeds),), g2), seeds,
-                             family=setting["family"], init_scale=1 / math.sqrt(g2))
+                             family=setting["family"], init_scale=1 / math.sqrt(first))
+    warm_failed, _ = precision_warmup(vae, guide, ds.train, ds.val, cfg, seeds, rt,
+                                      cfg.warmup_gamma2, cfg.warmup_epochs)
     fit = train(vae, guide, ds.train, ds.val, cfg, seeds, rt, desc="guide families")
     m = inference.evaluate(vae, guide, ds.test.x, ds.test.z, metrics=("mcc",))
-    return inference.tidy_rows({"mcc": m["mcc_pearson"]}, {"seed": seeds}, failed=fit.failed,
+    return inference.tidy_rows({"mcc": m["mcc_pearson"]}, {"seed": seeds},
+                               failed=fit.failed | warm_failed,
                                study="guide_families", part="learned",
                                mixing=setting["mixing"], family=setting["family"], gamma2=g2)
 
