@@ -201,7 +201,8 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
         ax.set_xlabel(GAMMA2)
         ax.set_ylabel("nats per point (mean over test points)")
         c = next(iter(summary[m]["c_ima"].values()))
-        ax.set_title(f"{m} mixing, $C_{{\\mathrm{{IMA}}}}$ = {c:.2f}")
+        # + 0.0: a contrast of -1e-17 (rounding) is shown as 0.00, not -0.00
+        ax.set_title(f"{m} mixing, $C_{{\\mathrm{{IMA}}}}$ = {round(c, 2) + 0.0:.2f}")
         ax.legend(loc="best")
     ax = axes[2]
     for m, color in zip(MIXES, ("C0", "C1"), strict=True):
