@@ -40,6 +40,26 @@ def test_closed_form_gaps_order_and_zero_cases():
     assert abs(float(lg.gap(iso))) < 1e-9
 
 
+def test_only_the_diagonal_family_prefers_one_rotation_of_the_latents():
+    # x = W R z has the same distribution for every rotation R (isotropic prior): log p is the
+    # same, and so are the optimal isotropic and full ELBOs (tr and det of R^T M R), while the
+    # diagonal one is best at the R giving W R orthogonal columns (the IMA bias). Study 6B
+    # rests on this: with Gaussian sources only the diagonal family can pick the true axes.
+    diag, iso, full = models.DiagonalGuide, models.IsotropicGuide, models.FullCovGuide
+    lg = linear_gaussian(d=3, gamma2=1e3, seed=0)
+    g = torch.Generator().manual_seed(2)
+    R, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=g))
+    _, _, Vh = torch.linalg.svd(lg.W, full_matrices=False)
+    x = lg.sample(5)
+    for rot in (R, Vh.T):  # a random rotation; the one making the columns orthogonal
+        other = LinearGaussian(lg.W @ rot, lg.gamma2)
+        assert_close(other.log_px(x), lg.log_px(x), atol=1e-9)
+        for family in (iso, full):
+            assert abs(float(other.gap(family) - lg.gap(family))) < 1e-10
+    assert abs(float(LinearGaussian(lg.W @ R, lg.gamma2).gap(diag) - lg.gap(diag))) > 0.05
+    assert abs(float(LinearGaussian(lg.W @ Vh.T, lg.gamma2).gap(diag))) < 1e-9 < lg.gap(diag)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fit_reaches_closed_form_optimum(family):
     # A well-conditioned W (singular values 0.5, 1, 2; cond(W)^4 sets how hard the mean is for
