@@ -15,7 +15,8 @@
     python benchmarks/reproduce_results.py tau-joint [--tau-warmup 30]
     python benchmarks/reproduce_results.py conjectures [--out-root runs/results]
     python benchmarks/reproduce_results.py guide-families [--seeds 10] [--workers 1]
-                                                          [--warmup-epochs 0]
+                                                          [--warmup-epochs 0] [--seed-offset 0]
+                                                          [--mixings moebius,orthogonal_mlp]
 
 ``conjectures`` runs studies 6 and 7 at the sizes of docs/results.md (a rerun in the same
 ``--out-root`` only re-summarizes) and prints the 95% Welch intervals the criteria use
@@ -320,6 +321,14 @@ def _at_least_one(text: str) -> int:
     return int(text)
 
 
+def _mixings(text: str) -> str:
+    from pyro_ima.experiments.guide_families import MIXINGS
+    bad = [m for m in text.split(",") if m not in MIXINGS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected names from {list(MIXINGS)}, got {bad}")
+    return text
+
+
 def _welch(a, b) -> str:
     res = stats.ttest_ind(a, b, equal_var=False)
     ci = res.confidence_interval(0.95)
@@ -327,25 +336,32 @@ def _welch(a, b) -> str:
 
 
 def _study6(out_root: str, seeds: int, executor=None, warmup_epochs: int = 0,
-            warmup_gamma2: float = 1e3) -> None:
-    """Study 6 at n = 20k with ``seeds`` replicas per family (part B with a precision warm-up
-    if ``warmup_epochs``); print its table and the 6B intervals. 10 seeds without warm-up write
-    ``guide_families`` (the conjectures' size), others ``guide_families_<seeds>seeds[_warmup]``."""
+            warmup_gamma2: float = 1e3, mixings: tuple | None = None,
+            seed_offset: int = 0) -> None:
+    """Study 6 at n = 20k with ``seeds`` replicas per family from ``seed_offset`` (part B on
+    ``mixings``, default the study's, with a precision warm-up if ``warmup_epochs``); print its
+    table and the 6B intervals. The default size (10 seeds) writes ``guide_families`` (the
+    conjectures'), others ``guide_families_<seeds>seeds[_warmup][_<mixings>][_from<offset>]``."""
     import json
 
     from pyro_ima.experiments import guide_families, run_study
+    full = guide_families.FULL
+    mixings = tuple(mixings or full.learned_mixings)
     out = f"{out_root}/guide_families" + ("" if seeds == 10 else f"_{seeds}seeds") \
-        + ("_warmup" if warmup_epochs else "")
-    cfg = dataclasses.replace(guide_families.FULL, n=20_000, seeds=seeds,
+        + ("_warmup" if warmup_epochs else "") \
+        + ("" if mixings == full.learned_mixings else "_" + "_".join(mixings)) \
+        + (f"_from{seed_offset}" if seed_offset else "")
+    cfg = dataclasses.replace(full, n=20_000, seeds=seeds, seed_offset=seed_offset,
+                              learned_mixings=mixings,
                               warmup_gamma2=warmup_gamma2 if warmup_epochs else None,
-                              warmup_epochs=warmup_epochs or guide_families.FULL.warmup_epochs)
+                              warmup_epochs=warmup_epochs or full.warmup_epochs)
     gf = run_study("guide_families", out, progress=False, executor=executor, config=cfg)
     print(gf["table"])
     mcc: dict = {}
     for r in json.loads(open(f"{out}/results.json").read())["rows"]:
         if r.get("part") == "learned" and r["metric"] == "mcc":
             mcc.setdefault((r["mixing"], r["family"]), []).append(r["value"])
-    for mix in ("orthogonal_mlp", "moebius"):
+    for mix in mixings:
         for one, other in (("diagonal", "isotropic"), ("diagonal", "full"),
                            ("isotropic", "full")):
             print(f"study 6B {mix} ({seeds} seeds): MCC({one}) - MCC({other}) = "
@@ -355,7 +371,9 @@ def _study6(out_root: str, seeds: int, executor=None, warmup_epochs: int = 0,
 def guide_families_seeds(args) -> None:
     from pyro_ima.experiments.executors import Executor
     seeds = 10 if args.seeds is None else args.seeds
-    warm = {"warmup_epochs": args.warmup_epochs, "warmup_gamma2": args.warmup_gamma2}
+    warm = {"warmup_epochs": args.warmup_epochs, "warmup_gamma2": args.warmup_gamma2,
+            "mixings": tuple(args.mixings.split(",")) if args.mixings else None,
+            "seed_offset": args.seed_offset}
     if args.workers == 1:
         return _study6(args.out_root, seeds, **warm)
     with Executor("processes", workers=args.workers, threads_per_worker=1) as ex:
@@ -420,6 +438,11 @@ if __name__ == "__main__":
     p.add_argument("--workers", type=_at_least_one, default=1,
                    help="guide-families: worker processes, one thread each (default 1: this "
                         "process)")
+    p.add_argument("--mixings", type=_mixings, default=None,
+                   help="guide-families: part B's mixings, comma-separated, of moebius, "
+                        "orthogonal_mlp, orthogonal_linear (default: moebius,orthogonal_mlp)")
+    p.add_argument("--seed-offset", type=int, default=0,
+                   help="guide-families: the first seed of part B (default 0)")
     p.add_argument("--warmup-epochs", type=int, default=0,
                    help="moebius-protocol, guide-families: epochs at --warmup-gamma2 first "
                         "(default 0: none; guide-families: at each precision below the target)")

@@ -163,6 +163,19 @@ def test_guide_families_warmup_trains_below_the_target_first(monkeypatch):
     assert seen == [[1e4, 1e4]]
 
 
+def test_guide_families_linear_mixing_is_ima_not_conformal_and_unknown_names_refused():
+    from pyro_ima import metrics
+    from pyro_ima.experiments import guide_families
+    f = guide_families._decoder("orthogonal_linear", 3)
+    z = torch.randn(50, 3, generator=torch.Generator().manual_seed(0)) * 0.5
+    J = metrics.jacobian(f, z)
+    assert torch.allclose(J, J[:1].expand_as(J), atol=1e-6)  # linear: one Jacobian
+    assert float(metrics.ima_contrast(J).max()) < 1e-6 < 0.5 < float(
+        metrics.conformal_contrast(J).min())
+    with pytest.raises(ValueError, match="mixing"):
+        guide_families._decoder("orthogonal", 3)
+
+
 def test_a_study_reruns_from_its_results_file(self_consistency_run, tmp_path):
     src = self_consistency_run / "results.json"
     out = tmp_path / "again"

@@ -37,11 +37,17 @@ PRIOR_SCALE = 0.2
 LEARNED_D = 3  # part B's latent (and data) dimension
 
 
+MIXINGS = ("smooth_leaky_mlp", "orthogonal_mlp", "orthogonal_linear", "moebius")
+
+
 def _decoder(name: str, d: int):
+    if name not in MIXINGS:
+        raise ValueError(f"mixing: expected one of {list(MIXINGS)}, got {name!r}")
     if name == "smooth_leaky_mlp":
         return mixings.SmoothLeakyMLP(d, seed=0)
-    if name == "orthogonal_mlp":
-        return mixings.OrthogonalMLP(d, seed=0, scales=torch.logspace(-0.5, 0.5, d))
+    if name in ("orthogonal_mlp", "orthogonal_linear"):  # the latter: slope 1, no nonlinearity
+        return mixings.OrthogonalMLP(d, seed=0, scales=torch.logspace(-0.5, 0.5, d),
+                                     slope=1.0 if name == "orthogonal_linear" else 0.2)
     return mixings.Moebius(d, seed=0, alpha=4.0)
 
 
@@ -55,6 +61,7 @@ class Config(TrainingConfig):
     learned_mixings: tuple = ("moebius", "orthogonal_mlp")
     learned_gamma2: float = 1e4
     seeds: int = 10
+    seed_offset: int = 0  # part B trains seeds seed_offset, ..., seed_offset + seeds - 1
     # part B's precision warm-up (common.precision_warmup; None: none, the 6B runs so far)
     warmup_gamma2: float | None = None
     warmup_epochs: int = 10
@@ -106,7 +113,7 @@ def _learned(setting: dict, cfg: Config, rt: Runtime) -> list[dict]:
     d = LEARNED_D
     f = _decoder(setting["mixing"], d)
     p0 = priors.gaussian(d, scale=PRIOR_SCALE)
-    seeds = list(range(cfg.seeds))
+    seeds = list(range(cfg.seed_offset, cfg.seed_offset + cfg.seeds))
     ds = data.make_dataset(f, p0, n=cfg.n, seed=0)
     g2 = cfg.learned_gamma2
     first = g2 if cfg.warmup_gamma2 is None else min(g2, cfg.warmup_gamma2)
