@@ -329,6 +329,17 @@ def _mixings(text: str) -> str:
     return text
 
 
+def _mcc_by(out: str, part: str, key) -> dict:
+    """The per-seed MCC rows of a study's ``part`` in ``out/results.json``, grouped by
+    ``key(row)``."""
+    from pyro_ima.fileio import read_json
+    groups: dict = {}
+    for r in read_json(f"{out}/results.json", "results")["rows"]:
+        if r.get("part") == part and r["metric"] == "mcc":
+            groups.setdefault(key(r), []).append(r["value"])
+    return groups
+
+
 def _welch(a, b) -> str:
     res = stats.ttest_ind(a, b, equal_var=False)
     ci = res.confidence_interval(0.95)
@@ -342,7 +353,6 @@ def _study6(out_root: str, seeds: int, executor=None, warmup_epochs: int = 0,
     ``mixings``, default the study's, with a precision warm-up if ``warmup_epochs``); print its
     table and the 6B intervals. The default size (10 seeds) writes ``guide_families`` (the
     conjectures'), others ``guide_families_<seeds>seeds[_warmup][_<mixings>][_from<offset>]``."""
-    import json
 
     from pyro_ima.experiments import guide_families, run_study
     full = guide_families.FULL
@@ -357,10 +367,7 @@ def _study6(out_root: str, seeds: int, executor=None, warmup_epochs: int = 0,
                               warmup_epochs=warmup_epochs or full.warmup_epochs)
     gf = run_study("guide_families", out, progress=False, executor=executor, config=cfg)
     print(gf["table"])
-    mcc: dict = {}
-    for r in json.loads(open(f"{out}/results.json").read())["rows"]:
-        if r.get("part") == "learned" and r["metric"] == "mcc":
-            mcc.setdefault((r["mixing"], r["family"]), []).append(r["value"])
+    mcc = _mcc_by(out, "learned", lambda r: (r["mixing"], r["family"]))
     for mix in mixings:
         for one, other in (("diagonal", "isotropic"), ("diagonal", "full"),
                            ("isotropic", "full")):
@@ -381,7 +388,6 @@ def guide_families_seeds(args) -> None:
 
 
 def conjectures(args) -> None:
-    import json
 
     from pyro_ima.experiments import encoder_side, run_study
     es = run_study("encoder_side", f"{args.out_root}/encoder_side", progress=False,
@@ -389,11 +395,8 @@ def conjectures(args) -> None:
                                               epochs=60, tau_warmup=30))
     print(es["table"])
     _study6(args.out_root, 10)
-    rows = json.loads(open(f"{args.out_root}/encoder_side/results.json").read())["rows"]
-    mcc: dict = {}
-    for r in rows:
-        if r.get("part") == "learned_decoder" and r["metric"] == "mcc":
-            mcc.setdefault((r["learner"], float(r["contrast"])), []).append(r["value"])
+    mcc = _mcc_by(f"{args.out_root}/encoder_side", "learned_decoder",
+                  lambda r: (r["learner"], float(r["contrast"])))
     for learner in ("isotropic_learned_tau", "diagonal_isotropic_noise"):
         print(f"study 7B {learner}: MCC(c=0) - MCC(c=4) = "
               f"{_welch(mcc[(learner, 0.0)], mcc[(learner, 4.0)])}")
