@@ -10,6 +10,7 @@
                                                               [--geometry triangle]
     python benchmarks/reproduce_results.py sprites-oracle [--geometry triangle]
                                                           [--arm both|true|random --epochs 30]
+                                                          [--data-seed 0]
     python benchmarks/reproduce_results.py elbo-vs-lima [--out-root runs/results]
     python benchmarks/reproduce_results.py is-vs-quadrature
     python benchmarks/reproduce_results.py tau-joint [--tau-warmup 30]
@@ -175,11 +176,13 @@ def _LearnedBetaVAE():
     return LearnedBetaVAE
 
 
-def _sprites_vae(geometry: str, prior: str = "true"):
-    """gamma2 = 1, the study's networks (seed 0), the 6,000-image set of ``geometry``."""
+def _sprites_vae(geometry: str, prior: str = "true", data_seed: int = 0):
+    """gamma2 = 1, the study's networks (seed 0), the 6,000-image set of ``geometry`` drawn
+    under ``data_seed`` (its Beta parameters and images)."""
     from pyro_ima import models, priors, sprites
-    ds = sprites.sprites_dataset(sprites.SpritesConfig(n=6000, seed=0, geometry=geometry))
-    a, b = sprites.default_beta_params(0)
+    ds = sprites.sprites_dataset(sprites.SpritesConfig(n=6000, seed=data_seed,
+                                                       geometry=geometry))
+    a, b = sprites.default_beta_params(data_seed)
     p0 = (priors.beta(4, a=a.tolist(), b=b.tolist()) if prior == "true"
           else priors.beta(4, a=float(a.mean()), b=float(b.mean())))
     cls = _LearnedBetaVAE() if prior == "learned" else models.GaussianVAE
@@ -210,7 +213,7 @@ def sprites_diagnostic(args) -> None:
     ``--sprites-anneal``: 3 epochs at gamma2 100, 3 at 10, then 1 (a KL warm-up in effect)."""
     from pyro_ima import inference
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    ds, vae, guide = _sprites_vae(args.geometry, args.sprites_prior)
+    ds, vae, guide = _sprites_vae(args.geometry, args.sprites_prior, args.data_seed)
     x, z = ds.test.x[:500], ds.test.z[:500]
     stages = [(100.0, 3), (10.0, 3), (1.0, 18)] if args.sprites_anneal else [(1.0, 24)]
     epoch, t0 = 0, time.perf_counter()
@@ -241,7 +244,7 @@ def sprites_oracle(args) -> None:
     arms = {"both": ("true factors first", "random initialization"),
             "true": ("true factors first",), "random": ("random initialization",)}[args.arm]
     for arm in arms:
-        ds, vae, guide = _sprites_vae(args.geometry)
+        ds, vae, guide = _sprites_vae(args.geometry, data_seed=args.data_seed)
         if arm == "true factors first":
             X, Z = ds.train.x, ds.train.z
             params = [*vae.decoder.parameters(), *guide.encoder.parameters()]
@@ -425,6 +428,9 @@ if __name__ == "__main__":
                    help="sprites-oracle: supervised epochs before the ELBO")
     p.add_argument("--geometry", default="triangle", choices=sprites.GEOMETRIES,
                    help="sprites-long, sprites-diagnostic, sprites-oracle: the sprite's geometry")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="sprites-diagnostic, sprites-oracle: the data draw (Beta parameters "
+                        "and images; default 0, the study's)")
     p.add_argument("--init-scale", type=float, default=None,
                    help="moebius-protocol: initial encoder sd (default: the study's)")
     p.add_argument("--sprites-prior", choices=["true", "symmetric", "learned"], default="true",
