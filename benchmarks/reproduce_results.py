@@ -18,6 +18,7 @@
     python benchmarks/reproduce_results.py guide-families [--seeds 10] [--workers 1]
                                                           [--warmup-epochs 0] [--seed-offset 0]
                                                           [--mixings moebius,orthogonal_mlp]
+                                                          [--mixing-seeds 0]
 
 ``conjectures`` runs studies 6 and 7 at the sizes of docs/results.md (a rerun in the same
 ``--out-root`` only re-summarizes) and prints the 95% Welch intervals the criteria use
@@ -332,6 +333,14 @@ def _mixings(text: str) -> str:
     return text
 
 
+def _seed_range(text: str) -> tuple:
+    """``"A-B"`` (inclusive) or ``"A"``: a range of seeds >= 0."""
+    lo, _, hi = text.partition("-")
+    if not lo.isdigit() or (hi and (not hi.isdigit() or int(hi) < int(lo))):
+        raise argparse.ArgumentTypeError(f"expected A or A-B with 0 <= A <= B, got {text!r}")
+    return tuple(range(int(lo), int(hi or lo) + 1))
+
+
 def _mcc_by(out: str, part: str, key) -> dict:
     """The per-seed MCC rows of a study's ``part`` in ``out/results.json``, grouped by
     ``key(row)``."""
@@ -351,11 +360,14 @@ def _welch(a, b) -> str:
 
 def _study6(out_root: str, seeds: int, executor=None, warmup_epochs: int = 0,
             warmup_gamma2: float = 1e3, mixings: tuple | None = None,
-            seed_offset: int = 0) -> None:
+            seed_offset: int = 0, mixing_seeds: tuple = (0,)) -> None:
     """Study 6 at n = 20k with ``seeds`` replicas per family from ``seed_offset`` (part B on
-    ``mixings``, default the study's, with a precision warm-up if ``warmup_epochs``); print its
-    table and the 6B intervals. The default size (10 seeds) writes ``guide_families`` (the
-    conjectures'), others ``guide_families_<seeds>seeds[_warmup][_<mixings>][_from<offset>]``."""
+    ``mixings``, default the study's, each drawn under every one of ``mixing_seeds``, with a
+    precision warm-up if ``warmup_epochs``); print its table and the 6B intervals. The default
+    size (10 seeds) writes ``guide_families`` (the conjectures'), others
+    ``guide_families_<seeds>seeds[_warmup][_<mixings>][_from<offset>][_draws<A>-<B>]``. With
+    more than one draw, also the draws-as-units interval: the t-interval of the mean over draws
+    of each draw's difference in mean MCC."""
 
     from pyro_ima.experiments import guide_families, run_study
     full = guide_families.FULL
@@ -363,9 +375,10 @@ def _study6(out_root: str, seeds: int, executor=None, warmup_epochs: int = 0,
     out = f"{out_root}/guide_families" + ("" if seeds == 10 else f"_{seeds}seeds") \
         + ("_warmup" if warmup_epochs else "") \
         + ("" if mixings == full.learned_mixings else "_" + "_".join(mixings)) \
-        + (f"_from{seed_offset}" if seed_offset else "")
+        + (f"_from{seed_offset}" if seed_offset else "") \
+        + ("" if mixing_seeds == (0,) else f"_draws{mixing_seeds[0]}-{mixing_seeds[-1]}")
     cfg = dataclasses.replace(full, n=20_000, seeds=seeds, seed_offset=seed_offset,
-                              learned_mixings=mixings,
+                              learned_mixings=mixings, mixing_seeds=mixing_seeds,
                               warmup_gamma2=warmup_gamma2 if warmup_epochs else None,
                               warmup_epochs=warmup_epochs or full.warmup_epochs)
     gf = run_study("guide_families", out, progress=False, executor=executor, config=cfg)
@@ -374,8 +387,29 @@ def _study6(out_root: str, seeds: int, executor=None, warmup_epochs: int = 0,
     for mix in mixings:
         for one, other in (("diagonal", "isotropic"), ("diagonal", "full"),
                            ("isotropic", "full")):
-            print(f"study 6B {mix} ({seeds} seeds): MCC({one}) - MCC({other}) = "
-                  f"{_welch(mcc[(mix, one)], mcc[(mix, other)])}")
+            print(f"study 6B {mix} ({seeds} seeds x {len(mixing_seeds)} draws, pooled): "
+                  f"MCC({one}) - MCC({other}) = {_welch(mcc[(mix, one)], mcc[(mix, other)])}")
+    if len(mixing_seeds) > 1:
+        _by_draw(_mcc_by(out, "learned", lambda r: (r["mixing"], r["mixing_seed"], r["family"])),
+                 mixings, mixing_seeds)
+
+
+def _by_draw(mcc: dict, mixings: tuple, draws: tuple) -> None:
+    """Per draw of each mixing, the families' mean MCCs; then, with the draws as the units,
+    the mean over draws of MCC(diagonal) - MCC(isotropic) with its 95% t-interval."""
+    for mix in mixings:
+        means = {f: np.array([np.mean(mcc[(mix, k, f)]) for k in draws])
+                 for f in ("diagonal", "isotropic", "full")}
+        for i, k in enumerate(draws):
+            print(f"  {mix} draw {k}: diagonal {means['diagonal'][i]:.3f}, isotropic "
+                  f"{means['isotropic'][i]:.3f}, full {means['full'][i]:.3f}")
+        d = means["diagonal"] - means["isotropic"]
+        ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+        print(f"study 6B {mix} over {len(draws)} draws: diagonal {means['diagonal'].mean():.3f} "
+              f"(draws with >= 0.85: {int((means['diagonal'] >= 0.85).sum())}), isotropic "
+              f"{means['isotropic'].mean():.3f}, full {means['full'].mean():.3f}; mean over "
+              f"draws of MCC(diagonal) - MCC(isotropic) = {d.mean():.3f} "
+              f"[{ci.low:.3f}, {ci.high:.3f}] (draws above 0: {int((d > 0).sum())})")
 
 
 def guide_families_seeds(args) -> None:
@@ -383,7 +417,7 @@ def guide_families_seeds(args) -> None:
     seeds = 10 if args.seeds is None else args.seeds
     warm = {"warmup_epochs": args.warmup_epochs, "warmup_gamma2": args.warmup_gamma2,
             "mixings": tuple(args.mixings.split(",")) if args.mixings else None,
-            "seed_offset": args.seed_offset}
+            "seed_offset": args.seed_offset, "mixing_seeds": args.mixing_seeds}
     if args.workers == 1:
         return _study6(args.out_root, seeds, **warm)
     with Executor("processes", workers=args.workers, threads_per_worker=1) as ex:
@@ -452,6 +486,9 @@ if __name__ == "__main__":
                         "orthogonal_mlp, orthogonal_linear (default: moebius,orthogonal_mlp)")
     p.add_argument("--seed-offset", type=int, default=0,
                    help="guide-families: the first seed of part B (default 0)")
+    p.add_argument("--mixing-seeds", type=_seed_range, default=(0,),
+                   help="guide-families: draws of each mixing (W and data), A or A-B "
+                        "(default 0, one draw)")
     p.add_argument("--warmup-epochs", type=int, default=0,
                    help="moebius-protocol, guide-families: epochs at --warmup-gamma2 first "
                         "(default 0: none; guide-families: at each precision below the target)")

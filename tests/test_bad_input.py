@@ -1,6 +1,7 @@
 """Every row of docs/bad_inputs.md: the input is refused, before any work, with a message that
 names the argument. The table and this list must name the same cases."""
 
+import dataclasses
 import json
 import math
 import re
@@ -15,7 +16,7 @@ from pyro.infer import Trace_ELBO
 
 from pyro_ima import data, inference, metrics, mixings, models, priors, sprites
 from pyro_ima.cli import main
-from pyro_ima.experiments import run_study
+from pyro_ima.experiments import guide_families, run_study
 from pyro_ima.fileio import DirLock, check_out_dir
 from pyro_ima.linear_gaussian import LinearGaussian
 from pyro_ima.runs import RunConfig, load_results, load_run, train_run
@@ -99,6 +100,9 @@ CASES = {
     "factor_gram_units": (lambda t: sprites.factor_gram(n=4, units="pixels"), ValueError,
                           "units"),
     "rotation_chance_d": (lambda t: metrics.rotation_chance_mcc(0), ValueError, "d"),
+    "guide_families_mixing_seeds": (lambda t: run_study(
+        "guide_families", t / "gf", progress=False, config=dataclasses.replace(
+            guide_families.QUICK, mixing_seeds=(1, 1))), ValueError, "mixing_seeds"),
     "epochs_zero": (lambda t: _fit(X, epochs=0), ValueError, "epochs"),
     "seed_count": (lambda t: _replica_fit(seed=[1, 2]), ValueError, "seed"),
     "particles_not_vectorized": (lambda t: _fit(X, batch_size=16, loss=Trace_ELBO(

@@ -163,6 +163,30 @@ def test_guide_families_warmup_trains_below_the_target_first(monkeypatch):
     assert seen == [[1e4, 1e4]]
 
 
+def test_guide_families_trains_each_draw_of_a_mixing_on_its_own_data(monkeypatch):
+    import dataclasses
+
+    from pyro_ima.experiments import guide_families
+    cfg = dataclasses.replace(guide_families.QUICK, n=300, seeds=2, epochs=1,
+                              learned_mixings=("orthogonal_linear",), mixing_seeds=(0, 3))
+    learned = [s for s in guide_families.settings(cfg) if s["part"] == "learned"]
+    assert [(s["mixing_seed"], s["family"]) for s in learned] == [
+        (k, f) for k in (0, 3) for f in guide_families.FAMILIES]
+    drawn = []
+    real = guide_families.data.make_dataset
+
+    def spy(f, p0, n, seed):
+        drawn.append((f.weight.clone(), seed))
+        return real(f, p0, n=n, seed=seed)
+    monkeypatch.setattr(guide_families.data, "make_dataset", spy)
+    rows = guide_families.run_setting(learned[-1], cfg)
+    (w3, seed3), = drawn
+    assert seed3 == 3 and {r["mixing_seed"] for r in rows} == {3}
+    w0 = guide_families._decoder("orthogonal_linear", 3).weight
+    assert torch.allclose(w3, guide_families._decoder("orthogonal_linear", 3, seed=3).weight)
+    assert not torch.allclose(w3, w0, atol=0.1)
+
+
 def test_guide_families_linear_mixing_is_ima_not_conformal_and_unknown_names_refused():
     from pyro_ima import metrics
     from pyro_ima.experiments import guide_families

@@ -115,6 +115,7 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: 
         raise TypeError(f"config: expected a {mod.__name__}.Config, got "
                         f"{type(config).__name__}")
     cfg = config if config is not None else (mod.QUICK if quick else mod.FULL)
+    todo = mod.settings(cfg)  # also checks the config, before anything is written
     out = check_out_dir(out_dir)
     rt = Runtime(progress=progress and executor is None, device=device, dtype=dtype,
                  out_dir=out, threads=getattr(executor, "threads", None))
@@ -125,7 +126,7 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: 
         (out / "settings").mkdir(exist_ok=True)
         tasks = [SettingTask(name, quick, s, str(out / "settings" /
                                                  f"{setting_key(s, fingerprint)}.json"),
-                             fingerprint, rt, config) for s in mod.settings(cfg)]
+                             fingerprint, rt, config) for s in todo]
         rows = run_sweep(tasks, desc=name, progress=progress, executor=executor)
         summary = mod.summarize(rows)
         meta = {"kind": "pyro_ima.study", "study": name, "quick": quick,

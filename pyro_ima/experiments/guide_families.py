@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import data, inference, metrics, mixings, models, priors
+from .._utils import check_int
 from .common import (
     Runtime,
     TrainingConfig,
@@ -40,15 +41,17 @@ LEARNED_D = 3  # part B's latent (and data) dimension
 MIXINGS = ("smooth_leaky_mlp", "orthogonal_mlp", "orthogonal_linear", "moebius")
 
 
-def _decoder(name: str, d: int):
+def _decoder(name: str, d: int, seed: int = 0):
+    """The mixing ``name`` in ``d`` dimensions, its random parts (``W``, Moebius's) from
+    ``seed``."""
     if name not in MIXINGS:
         raise ValueError(f"mixing: expected one of {list(MIXINGS)}, got {name!r}")
     if name == "smooth_leaky_mlp":
-        return mixings.SmoothLeakyMLP(d, seed=0)
+        return mixings.SmoothLeakyMLP(d, seed=seed)
     if name in ("orthogonal_mlp", "orthogonal_linear"):  # the latter: slope 1, no nonlinearity
-        return mixings.OrthogonalMLP(d, seed=0, scales=torch.logspace(-0.5, 0.5, d),
+        return mixings.OrthogonalMLP(d, seed=seed, scales=torch.logspace(-0.5, 0.5, d),
                                      slope=1.0 if name == "orthogonal_linear" else 0.2)
-    return mixings.Moebius(d, seed=0, alpha=4.0)
+    return mixings.Moebius(d, seed=seed, alpha=4.0)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ class Config(TrainingConfig):
     learned_gamma2: float = 1e4
     seeds: int = 10
     seed_offset: int = 0  # part B trains seeds seed_offset, ..., seed_offset + seeds - 1
+    # part B's draws of each mixing: its random parts (W) and its dataset from each of these
+    # seeds, one setting per draw (0: the draw of every 6B run before the sweep over draws)
+    mixing_seeds: tuple = (0,)
     # part B's precision warm-up (common.precision_warmup; None: none, the 6B runs so far)
     warmup_gamma2: float | None = None
     warmup_epochs: int = 10
@@ -74,10 +80,15 @@ QUICK = Config(gamma2s=(1e2, 1e4), points=100, refine_steps=100, is_samples=300,
 
 
 def settings(cfg: Config) -> list[dict]:
+    if not cfg.mixing_seeds or len(set(cfg.mixing_seeds)) != len(cfg.mixing_seeds):
+        raise ValueError("mixing_seeds: expected distinct seeds (ints >= 0), at least one, got "
+                         f"{cfg.mixing_seeds!r}")
+    for k in cfg.mixing_seeds:
+        check_int("mixing_seeds", k, minimum=0)
     fixed = [{"part": "fixed", "decoder": n, "family": f} for n in cfg.decoders
              for f in FAMILIES]
-    learned = [{"part": "learned", "mixing": m, "family": f} for m in cfg.learned_mixings
-               for f in FAMILIES]
+    learned = [{"part": "learned", "mixing": m, "mixing_seed": k, "family": f}
+               for m in cfg.learned_mixings for k in cfg.mixing_seeds for f in FAMILIES]
     return fixed + learned
 
 
@@ -111,10 +122,11 @@ def _fixed(setting: dict, cfg: Config) -> list[dict]:
 
 def _learned(setting: dict, cfg: Config, rt: Runtime) -> list[dict]:
     d = LEARNED_D
-    f = _decoder(setting["mixing"], d)
+    draw = setting.get("mixing_seed", 0)
+    f = _decoder(setting["mixing"], d, seed=draw)
     p0 = priors.gaussian(d, scale=PRIOR_SCALE)
     seeds = list(range(cfg.seed_offset, cfg.seed_offset + cfg.seeds))
-    ds = data.make_dataset(f, p0, n=cfg.n, seed=0)
+    ds = data.make_dataset(f, p0, n=cfg.n, seed=draw)
     g2 = cfg.learned_gamma2
     first = g2 if cfg.warmup_gamma2 is None else min(g2, cfg.warmup_gamma2)
     vae, guide = replica_vae(d, p0, torch.full((len(seeds),), g2), seeds,
@@ -126,7 +138,8 @@ def _learned(setting: dict, cfg: Config, rt: Runtime) -> list[dict]:
     return inference.tidy_rows({"mcc": m["mcc_pearson"]}, {"seed": seeds},
                                failed=fit.failed | warm_failed,
                                study="guide_families", part="learned",
-                               mixing=setting["mixing"], family=setting["family"], gamma2=g2)
+                               mixing=setting["mixing"], mixing_seed=draw,
+                               family=setting["family"], gamma2=g2)
 
 
 def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dict]:
