@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import time
 
 import numpy as np
@@ -335,20 +336,27 @@ def _mixings(text: str) -> str:
 
 def _seed_range(text: str) -> tuple:
     """``"A-B"`` (inclusive) or ``"A"``: a range of seeds >= 0."""
-    lo, _, hi = text.partition("-")
-    if not lo.isdigit() or (hi and (not hi.isdigit() or int(hi) < int(lo))):
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
+    lo, hi = (int(m[1]), int(m[2] or m[1])) if m else (0, -1)
+    if hi < lo:
         raise argparse.ArgumentTypeError(f"expected A or A-B with 0 <= A <= B, got {text!r}")
-    return tuple(range(int(lo), int(hi or lo) + 1))
+    return tuple(range(lo, hi + 1))
 
 
 def _mcc_by(out: str, part: str, key) -> dict:
     """The per-seed MCC rows of a study's ``part`` in ``out/results.json``, grouped by
-    ``key(row)``."""
+    ``key(row)``; failed replicas are left out (their numbers must not be used) and counted."""
     from pyro_ima.fileio import read_json
     groups: dict = {}
+    failed = 0
     for r in read_json(f"{out}/results.json", "results")["rows"]:
         if r.get("part") == part and r["metric"] == "mcc":
+            if r.get("failed") or r["value"] is None:
+                failed += 1
+                continue
             groups.setdefault(key(r), []).append(r["value"])
+    if failed:
+        print(f"{out}: {failed} failed replica(s) left out")
     return groups
 
 
@@ -387,7 +395,8 @@ def _study6(out_root: str, seeds: int, executor=None, warmup_epochs: int = 0,
     for mix in mixings:
         for one, other in (("diagonal", "isotropic"), ("diagonal", "full"),
                            ("isotropic", "full")):
-            print(f"study 6B {mix} ({seeds} seeds x {len(mixing_seeds)} draws, pooled): "
+            draws = "" if len(mixing_seeds) == 1 else f" x {len(mixing_seeds)} draws, pooled"
+            print(f"study 6B {mix} ({seeds} seeds{draws}): "
                   f"MCC({one}) - MCC({other}) = {_welch(mcc[(mix, one)], mcc[(mix, other)])}")
     if len(mixing_seeds) > 1:
         _by_draw(_mcc_by(out, "learned", lambda r: (r["mixing"], r["mixing_seed"], r["family"])),

@@ -34,3 +34,42 @@ def test_benchmark_runs(script, args, needle):
                        text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert needle in r.stdout
+
+
+@pytest.fixture
+def reproduce(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import reproduce_results
+    return reproduce_results
+
+
+def test_seed_ranges_parse_inclusively_and_refuse_malformed_text(reproduce):
+    import argparse
+    assert reproduce._seed_range("1-10") == tuple(range(1, 11))
+    assert reproduce._seed_range("3") == (3,) and reproduce._seed_range("2-2") == (2,)
+    for bad in ("1-", "-3", "3-1", "a", "1-2-3", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="A-B"):
+            reproduce._seed_range(bad)
+
+
+def test_draws_interval_takes_each_draws_mean_as_the_unit(reproduce, tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from scipy import stats
+    rng = np.random.default_rng(0)
+    rows = [{"part": "learned", "metric": "mcc", "mixing": "m", "mixing_seed": k, "family": f,
+             "value": float(rng.uniform(0.5, 1.0)), "failed": False}
+            for k in (1, 2, 3, 4) for f in ("diagonal", "isotropic", "full") for _ in range(5)]
+    rows.append({**rows[0], "value": None, "failed": True})  # left out, counted
+    (tmp_path / "results.json").write_text(json.dumps({"kind": "results", "rows": rows}))
+    mcc = reproduce._mcc_by(str(tmp_path), "learned",
+                            lambda r: (r["mixing"], r["mixing_seed"], r["family"]))
+    assert "1 failed replica(s) left out" in capsys.readouterr().out
+    assert all(len(v) == 5 for v in mcc.values())
+    reproduce._by_draw(mcc, ("m",), (1, 2, 3, 4))
+    d = np.array([np.mean(mcc[("m", k, "diagonal")]) - np.mean(mcc[("m", k, "isotropic")])
+                  for k in (1, 2, 3, 4)])
+    half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2  # sqrt(4 draws)
+    out = capsys.readouterr().out
+    assert f"= {d.mean():.3f} [{d.mean() - half:.3f}, {d.mean() + half:.3f}]" in out, out

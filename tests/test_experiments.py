@@ -187,6 +187,34 @@ def test_guide_families_trains_each_draw_of_a_mixing_on_its_own_data(monkeypatch
     assert not torch.allclose(w3, w0, atol=0.1)
 
 
+def test_guide_families_summary_takes_draws_as_units_and_leaves_failed_replicas_out():
+    from pyro_ima.experiments import guide_families
+
+    def row(k, fam, v, failed=False):
+        return {"part": "learned", "metric": "mcc", "mixing": "m", "mixing_seed": k,
+                "family": fam, "value": v, "failed": failed}
+    rows = [row(1, "diagonal", 0.9), row(1, "diagonal", 0.7), row(2, "diagonal", 0.6),
+            row(2, "diagonal", 0.1, failed=True), row(2, "diagonal", None, failed=True)]
+    s = guide_families.summarize(rows)
+    assert s["learned_failed"] == 2 and s["learned_draws"] == 2
+    assert s["learned_mcc_by_draw"] == pytest.approx({"m/1/diagonal": 0.8, "m/2/diagonal": 0.6})
+    assert s["learned_mcc"]["m/diagonal"] == pytest.approx((0.9 + 0.7 + 0.6) / 3)
+    assert "2 draws, pooled" in guide_families.table(s)
+    one = guide_families.summarize(rows[:2])
+    assert "learned_mcc_by_draw" not in one and "pooled" not in guide_families.table(one)
+
+
+def test_a_study_config_refused_before_its_directory_is_made(tmp_path):
+    import dataclasses
+
+    from pyro_ima.experiments import guide_families, run_study
+    for bad in ((1, 1), 3, ()):
+        with pytest.raises((ValueError, TypeError), match="mixing_seeds"):
+            run_study("guide_families", tmp_path / "gf", progress=False, config=dataclasses.replace(
+                guide_families.QUICK, mixing_seeds=bad))
+    assert not (tmp_path / "gf").exists()
+
+
 def test_guide_families_linear_mixing_is_ima_not_conformal_and_unknown_names_refused():
     from pyro_ima import metrics
     from pyro_ima.experiments import guide_families

@@ -80,7 +80,8 @@ QUICK = Config(gamma2s=(1e2, 1e4), points=100, refine_steps=100, is_samples=300,
 
 
 def settings(cfg: Config) -> list[dict]:
-    if not cfg.mixing_seeds or len(set(cfg.mixing_seeds)) != len(cfg.mixing_seeds):
+    if (not isinstance(cfg.mixing_seeds, (tuple, list)) or not cfg.mixing_seeds
+            or len(set(cfg.mixing_seeds)) != len(cfg.mixing_seeds)):
         raise ValueError("mixing_seeds: expected distinct seeds (ints >= 0), at least one, got "
                          f"{cfg.mixing_seeds!r}")
     for k in cfg.mixing_seeds:
@@ -153,15 +154,26 @@ def summarize(rows: list[dict]) -> dict:
             key = f"{r['decoder']}/{r['family']}"
             fixed.setdefault(key, {}).setdefault(r["metric"], {})[r["gamma2"]] = r["value"]
     learned: dict = {}
+    by_draw: dict = {}
+    failed = 0
     for r in rows:
         if r["part"] == "learned":
+            if r.get("failed") or r["value"] is None:  # a failed replica's numbers are not used
+                failed += 1
+                continue
             learned.setdefault(f"{r['mixing']}/{r['family']}", []).append(r["value"])
+            by_draw.setdefault(f"{r['mixing']}/{r.get('mixing_seed', 0)}/{r['family']}",
+                               []).append(r["value"])
+    draws = len({k.split("/")[1] for k in by_draw})
     # a yardstick for part B (Gaussian sources): the mean MCC of a uniformly random rotation
     # of the true latents, what recovery up to an unidentified rotation scores on average
     chance = float(metrics.rotation_chance_mcc(LEARNED_D).mean()) if learned else None
-    return {"fixed": fixed,
-            "learned_mcc": {k: float(np.mean(v)) for k, v in sorted(learned.items())},
-            "rotation_chance_mcc": chance}
+    out = {"fixed": fixed,
+           "learned_mcc": {k: float(np.mean(v)) for k, v in sorted(learned.items())},
+           "rotation_chance_mcc": chance, "learned_draws": draws, "learned_failed": failed}
+    if draws > 1:  # each draw's own means: with several, they (not the pool) are the units
+        out["learned_mcc_by_draw"] = {k: float(np.mean(v)) for k, v in sorted(by_draw.items())}
+    return out
 
 
 def table(summary: dict) -> str:
@@ -174,7 +186,9 @@ def table(summary: dict) -> str:
     a = format_table(("decoder", "family", "gamma2", "log p - ELBO*", "predicted limit"), rows,
                      "A: fixed decoders, the approximation gap of each family vs its limit "
                      "(diagonal: C_IMA, isotropic: C_conf, full: 0)")
-    b = format_table(("mixing", "family", "MCC (mean over seeds)"),
+    pooled = summary.get("learned_draws", 1) > 1
+    b = format_table(("mixing", "family", "MCC (mean over seeds"
+                      + (f" and {summary['learned_draws']} draws, pooled)" if pooled else ")")),
                      [(*k.split("/"), v) for k, v in summary["learned_mcc"].items()],
                      "B: learned decoders, MCC by guide family (a random rotation of the "
                      f"latents: {summary.get('rotation_chance_mcc') or float('nan'):.3f})")
@@ -209,10 +223,16 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
         ax.set_ylabel(r"$\log p(x) - $ELBO$^*$ (nats)")
         ax.legend(loc="best")
     ax = axes[-1]
-    groups: dict = {}
-    for r in rows:
-        if r["part"] == "learned" and r["metric"] == "mcc":
-            groups.setdefault((r["mixing"], r["family"]), []).append(r["value"])
+    groups: dict = {}  # the units of each bar: seeds, or each draw's mean over its seeds
+    if "learned_mcc_by_draw" in summary:
+        for key, v in summary["learned_mcc_by_draw"].items():
+            mix, _, fam = key.split("/")
+            groups.setdefault((mix, fam), []).append(v)
+    else:
+        for r in rows:
+            if (r["part"] == "learned" and r["metric"] == "mcc" and not r.get("failed")
+                    and r["value"] is not None):
+                groups.setdefault((r["mixing"], r["family"]), []).append(r["value"])
     keys = sorted(groups, key=lambda k: (k[0], FAMILIES.index(k[1])))
     lo_hi = [mean_ci95(groups[k]) for k in keys]
     colors = [f"C{FAMILIES.index(f)}" for _, f in keys]
@@ -232,7 +252,10 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
                  "(dashed: C_IMA for the diagonal family as proved in the paper, C_conf for the "
                  "isotropic one as conjectured, 0 for the full one). Right: learned decoders at "
                  "gamma^2 = " f"{summary.get('learned_gamma2', 1e4):g}, mean MCC over seeds "
-                 "with a 95% t-interval; dotted: the mean MCC of a uniformly random rotation "
-                 "of Gaussian latents (chance for rotation-symmetric solutions).")
+                 + (f"and {summary['learned_draws']} draws of each mixing, with a 95% "
+                    "t-interval over the draws' means" if "learned_mcc_by_draw" in summary
+                    else "with a 95% t-interval")
+                 + "; dotted: the mean MCC of a uniformly random rotation of Gaussian latents "
+                   "(chance for rotation-symmetric solutions).")
     fig.tight_layout()
     save_figure(fig, path_stem)
