@@ -24,7 +24,10 @@
 ``--out-root`` only re-summarizes) and prints the 95% Welch intervals the criteria use
 (``scipy.stats.ttest_ind(..., equal_var=False).confidence_interval()``).
 ``guide-families`` runs study 6 alone with ``--seeds`` replicas per family (study 6B's 100-seed
-rerun: ``--seeds 100 --workers 2``).
+rerun: ``--seeds 100 --workers 2``); with ``--mixing-seeds A-B`` on each of those draws of
+every mixing, adding per-draw means and the t-interval over the draws' differences
+(``scipy.stats.ttest_1samp``): the 6B sweep is ``--seeds 10 --workers 2 --mixings
+orthogonal_linear,orthogonal_mlp --seed-offset 200 --mixing-seeds 1-10``.
 """
 
 from __future__ import annotations
