@@ -24,9 +24,10 @@
 ``--out-root`` only re-summarizes) and prints the 95% Welch intervals the criteria use
 (``scipy.stats.ttest_ind(..., equal_var=False).confidence_interval()``).
 ``guide-families`` runs study 6 alone with ``--seeds`` replicas per family (study 6B's 100-seed
-rerun: ``--seeds 100 --workers 2``); with ``--mixing-seeds A-B`` on each of those draws of
-every mixing, adding per-draw means and the t-interval over the draws' differences
-(``scipy.stats.ttest_1samp``): the 6B sweep is ``--seeds 10 --workers 2 --mixings
+rerun: ``--seeds 100 --workers 2``); with ``--mixing-seeds A-B`` it trains them on each
+draw A..B of every mixing (``W`` and data) and adds the per-draw means and, with the draws as
+the units, t-intervals of the differences between families (``scipy.stats.ttest_1samp``): the
+6B sweep is ``--seeds 10 --workers 2 --mixings
 orthogonal_linear,orthogonal_mlp --seed-offset 200 --mixing-seeds 1-10``.
 """
 
@@ -408,20 +409,22 @@ def _study6(out_root: str, seeds: int, executor=None, warmup_epochs: int = 0,
 
 def _by_draw(mcc: dict, mixings: tuple, draws: tuple) -> None:
     """Per draw of each mixing, the families' mean MCCs; then, with the draws as the units,
-    the mean over draws of MCC(diagonal) - MCC(isotropic) with its 95% t-interval."""
+    the mean over draws of each difference between families with its 95% t-interval."""
     for mix in mixings:
         means = {f: np.array([np.mean(mcc[(mix, k, f)]) for k in draws])
                  for f in ("diagonal", "isotropic", "full")}
         for i, k in enumerate(draws):
             print(f"  {mix} draw {k}: diagonal {means['diagonal'][i]:.3f}, isotropic "
                   f"{means['isotropic'][i]:.3f}, full {means['full'][i]:.3f}")
-        d = means["diagonal"] - means["isotropic"]
-        ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
         print(f"study 6B {mix} over {len(draws)} draws: diagonal {means['diagonal'].mean():.3f} "
               f"(draws with >= 0.85: {int((means['diagonal'] >= 0.85).sum())}), isotropic "
-              f"{means['isotropic'].mean():.3f}, full {means['full'].mean():.3f}; mean over "
-              f"draws of MCC(diagonal) - MCC(isotropic) = {d.mean():.3f} "
-              f"[{ci.low:.3f}, {ci.high:.3f}] (draws above 0: {int((d > 0).sum())})")
+              f"{means['isotropic'].mean():.3f}, full {means['full'].mean():.3f}")
+        for one, other in (("diagonal", "isotropic"), ("diagonal", "full"),
+                           ("isotropic", "full")):
+            d = means[one] - means[other]
+            ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+            print(f"  mean over draws of MCC({one}) - MCC({other}) = {d.mean():.3f} "
+                  f"[{ci.low:.3f}, {ci.high:.3f}] (draws above 0: {int((d > 0).sum())})")
 
 
 def guide_families_seeds(args) -> None:
