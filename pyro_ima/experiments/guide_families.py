@@ -8,7 +8,9 @@ Laplace posterior centred at the true inverse) and the IS log p, so the approxim
 the paper's conformal conjecture), 0 (full).
 
 Part B, learned decoders: MCC by guide family on a conformal mixing (Moebius) and on an
-IMA-but-not-conformal one (OrthogonalMLP with unequal column scales), gamma2 = 1e4.
+IMA-but-not-conformal one (OrthogonalMLP with unequal column scales), gamma2 = 1e4; with
+``mixing_seeds``, on several independent draws of each mixing (its ``W`` and its dataset),
+each draw's mean over seeds then being the unit of the summary's intervals.
 """
 
 from __future__ import annotations
