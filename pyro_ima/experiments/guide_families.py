@@ -10,7 +10,7 @@ the paper's conformal conjecture), 0 (full).
 Part B, learned decoders: MCC by guide family on a conformal mixing (Moebius) and on an
 IMA-but-not-conformal one (OrthogonalMLP with unequal column scales), gamma2 = 1e4; with
 ``mixing_seeds``, on several independent draws of each mixing (its ``W`` and its dataset),
-each draw's mean over seeds then being the unit of the summary's intervals.
+each draw's mean over seeds then being the unit of the figure's intervals.
 """
 
 from __future__ import annotations
