@@ -364,6 +364,9 @@ def _mcc_by(out: str, part: str, key) -> dict:
     return groups
 
 
+_FAMILY_PAIRS = (("diagonal", "isotropic"), ("diagonal", "full"), ("isotropic", "full"))
+
+
 def _welch(a, b) -> str:
     res = stats.ttest_ind(a, b, equal_var=False)
     ci = res.confidence_interval(0.95)
@@ -396,10 +399,9 @@ def _study6(out_root: str, seeds: int, executor=None, warmup_epochs: int = 0,
     gf = run_study("guide_families", out, progress=False, executor=executor, config=cfg)
     print(gf["table"])
     mcc = _mcc_by(out, "learned", lambda r: (r["mixing"], r["family"]))
+    draws = "" if len(mixing_seeds) == 1 else f" x {len(mixing_seeds)} draws, pooled"
     for mix in mixings:
-        for one, other in (("diagonal", "isotropic"), ("diagonal", "full"),
-                           ("isotropic", "full")):
-            draws = "" if len(mixing_seeds) == 1 else f" x {len(mixing_seeds)} draws, pooled"
+        for one, other in _FAMILY_PAIRS:
             print(f"study 6B {mix} ({seeds} seeds{draws}): "
                   f"MCC({one}) - MCC({other}) = {_welch(mcc[(mix, one)], mcc[(mix, other)])}")
     if len(mixing_seeds) > 1:
@@ -419,8 +421,7 @@ def _by_draw(mcc: dict, mixings: tuple, draws: tuple) -> None:
         print(f"study 6B {mix} over {len(draws)} draws: diagonal {means['diagonal'].mean():.3f} "
               f"(draws with >= 0.85: {int((means['diagonal'] >= 0.85).sum())}), isotropic "
               f"{means['isotropic'].mean():.3f}, full {means['full'].mean():.3f}")
-        for one, other in (("diagonal", "isotropic"), ("diagonal", "full"),
-                           ("isotropic", "full")):
+        for one, other in _FAMILY_PAIRS:
             d = means[one] - means[other]
             ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
             print(f"  mean over draws of MCC({one}) - MCC({other}) = {d.mean():.3f} "
