@@ -355,7 +355,7 @@ def _mcc_by(out: str, part: str, key) -> dict:
     failed = 0
     for r in read_json(f"{out}/results.json", "results")["rows"]:
         if r.get("part") == part and r["metric"] == "mcc":
-            if r.get("failed") or r["value"] is None:
+            if r.get("failed"):  # a study's rows hold None only where marked failed
                 failed += 1
                 continue
             groups.setdefault(key(r), []).append(r["value"])

@@ -160,7 +160,7 @@ def summarize(rows: list[dict]) -> dict:
     failed = 0
     for r in rows:
         if r["part"] == "learned":
-            if r.get("failed") or r["value"] is None:  # a failed replica's numbers are not used
+            if r.get("failed"):  # its numbers are not used (check_rows: None only if failed)
                 failed += 1
                 continue
             learned.setdefault(f"{r['mixing']}/{r['family']}", []).append(r["value"])
@@ -232,8 +232,7 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
             groups.setdefault((mix, fam), []).append(v)
     else:
         for r in rows:
-            if (r["part"] == "learned" and r["metric"] == "mcc" and not r.get("failed")
-                    and r["value"] is not None):
+            if r["part"] == "learned" and r["metric"] == "mcc" and not r.get("failed"):
                 groups.setdefault((r["mixing"], r["family"]), []).append(r["value"])
     keys = sorted(groups, key=lambda k: (k[0], FAMILIES.index(k[1])))
     lo_hi = [mean_ci95(groups[k]) for k in keys]
