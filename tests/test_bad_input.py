@@ -103,6 +103,9 @@ CASES = {
     "guide_families_mixing_seeds": (lambda t: run_study(
         "guide_families", t / "gf", progress=False, config=dataclasses.replace(
             guide_families.QUICK, mixing_seeds=(1, 1))), ValueError, "mixing_seeds"),
+    "guide_families_kl_warmup_beta": (lambda t: run_study(
+        "guide_families", t / "gf", progress=False, config=dataclasses.replace(
+            guide_families.QUICK, kl_warmup_beta=1.0)), ValueError, "kl_warmup_beta"),
     "epochs_zero": (lambda t: _fit(X, epochs=0), ValueError, "epochs"),
     "seed_count": (lambda t: _replica_fit(seed=[1, 2]), ValueError, "seed"),
     "particles_not_vectorized": (lambda t: _fit(X, batch_size=16, loss=Trace_ELBO(

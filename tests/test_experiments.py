@@ -163,6 +163,26 @@ def test_guide_families_warmup_trains_below_the_target_first(monkeypatch):
     assert seen == [[1e4, 1e4]]
 
 
+def test_guide_families_kl_warmup_trains_at_the_lower_beta_first(monkeypatch):
+    import dataclasses
+
+    from pyro_ima.experiments import common, guide_families
+    seen = []
+    real = common.train
+
+    def spy(vae, *a, **k):
+        seen.append((vae.beta.tolist(), k.get("patience", "cfg")))
+        return real(vae, *a, **k)
+    monkeypatch.setattr(common, "train", spy)
+    monkeypatch.setattr(guide_families, "train", spy)
+    cfg = dataclasses.replace(guide_families.QUICK, n=300, seeds=2, epochs=1,
+                              kl_warmup_beta=0.01, kl_warmup_epochs=1)
+    setting = {"part": "learned", "mixing": "orthogonal_mlp", "family": "diagonal"}
+    rows = guide_families.run_setting(setting, cfg)
+    assert seen == [(pytest.approx([0.01, 0.01]), None), ([1.0, 1.0], "cfg")]
+    assert all(0 <= r["value"] <= 1 for r in rows)
+
+
 def test_guide_families_trains_each_draw_of_a_mixing_on_its_own_data(monkeypatch):
     import dataclasses
 

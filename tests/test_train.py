@@ -163,6 +163,45 @@ def test_train_mask_leaves_other_replicas_untouched_and_precision_warmup_stages(
     assert vae.gamma2.tolist() == gammas.tolist()  # the targets are back
 
 
+def test_set_beta_reweights_the_latent_site_and_kl_warmup_restores_it(monkeypatch):
+    from pyro_ima.experiments.common import Runtime, TrainingConfig, kl_warmup
+    from pyro_ima.inference.elbo import vae_elbo_per_point
+    ds = _data(n=300)
+    x = ds.val.x[:20]
+    vae, guide = _pair(replicas=2, seed=[0, 1])
+    ref = models.GaussianVAE(vae.decoder, vae.prior, vae.gamma2, replicas=2, data_dim=2,
+                             beta=torch.tensor([0.5, 0.25]))
+    kw = dict(num_particles=3, seed=4, beta_weighted=True)
+    before = vae_elbo_per_point(vae, guide, x, **kw)
+    vae.set_beta(torch.tensor([0.5, 0.25]))  # the same objective as a model built with them
+    assert_close(vae_elbo_per_point(vae, guide, x, **kw),
+                 vae_elbo_per_point(ref, guide, x, **kw))
+    assert not torch.allclose(vae_elbo_per_point(vae, guide, x, **kw), before)
+    vae.set_beta(1.0)
+    assert_close(vae_elbo_per_point(vae, guide, x, **kw), before)
+    with pytest.raises(ValueError, match="beta"):
+        vae.set_beta(0.0)
+    seen = []
+    orig_fit = inference.fit
+
+    def spy(*a, **kw):
+        seen.append((vae.beta.tolist(), kw["config"].patience, kw["config"].epochs))
+        return orig_fit(*a, **kw)
+
+    monkeypatch.setattr(inference, "fit", spy)
+    cfg = TrainingConfig(batch_size=50, patience=3)
+    failed, run = kl_warmup(vae, guide, ds.train, ds.val, cfg, [0, 1], Runtime(), 0.1, 2)
+    assert seen == [(pytest.approx([0.1, 0.1]), None, 2)]  # at beta 0.1, no early stopping
+    assert run.tolist() == [2.0, 2.0] and not bool(failed.any())
+    assert vae.beta.tolist() == [1.0, 1.0] and vae._unit_beta  # its own beta is back
+    seen.clear()
+    assert not bool(kl_warmup(vae, guide, ds.train, ds.val, cfg, [0, 1], Runtime(), None,
+                              2)[0].any())
+    assert seen == []  # None: nothing trained
+    with pytest.raises(ValueError, match="beta"):
+        kl_warmup(vae, guide, ds.train, ds.val, cfg, [0, 1], Runtime(), 1.5, 2)
+
+
 def test_plateau_schedule_and_min_delta():
     ds = _data(n=300)
     vae, guide = _pair(seed=0, gamma2=100.0)

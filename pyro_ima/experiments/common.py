@@ -110,6 +110,29 @@ def precision_warmup(vae, guide, train_x, val_x, cfg: TrainingConfig, seeds, rt:
     return failed, run
 
 
+def kl_warmup(vae, guide, train_x, val_x, cfg: TrainingConfig, seeds, rt: Runtime,
+              beta: float | None, epochs: int, desc: str = "KL warm-up"):
+    """Train every replica for ``epochs`` epochs with the latent site weighted by ``beta < 1``
+    (a KL warm-up against posterior collapse; no early stopping, the best validation state
+    kept), then restore the model's own ``beta``. With ``beta=None`` nothing is trained.
+
+    Returns ``(failed, epochs_run)``, both ``(R,)``, as :func:`precision_warmup`.
+    """
+    R = len(vae.beta)
+    if beta is None or epochs <= 0:
+        return torch.zeros(R, dtype=torch.bool), torch.zeros(R)
+    if not 0 < beta < 1:
+        raise ValueError(f"beta: expected a KL warm-up weight in (0, 1), got {beta!r}")
+    own = vae.beta.clone()
+    try:
+        vae.set_beta(own * beta)
+        fit = train(vae, guide, train_x, val_x, cfg, seeds, rt, desc=desc, epochs=epochs,
+                    patience=None)
+    finally:
+        vae.set_beta(own)
+    return fit.failed.clone(), torch.full((R,), float(fit.epochs_run))
+
+
 def grid_settings(values: Sequence, seeds: Sequence[int], per_setting: int, *,
                   paired: bool = True) -> list[dict]:
     """The grid ``values x seeds`` as settings of at most ``per_setting`` replicas each.

@@ -27,6 +27,7 @@ from .common import (
     Runtime,
     TrainingConfig,
     format_table,
+    kl_warmup,
     precision_warmup,
     replica_vae,
     train,
@@ -73,6 +74,10 @@ class Config(TrainingConfig):
     # part B's precision warm-up (common.precision_warmup; None: none, the 6B runs so far)
     warmup_gamma2: float | None = None
     warmup_epochs: int = 10
+    # part B's KL warm-up (common.kl_warmup: the latent site weighted by this beta < 1 for
+    # kl_warmup_epochs epochs first, against posterior collapse; None: none, the runs so far)
+    kl_warmup_beta: float | None = None
+    kl_warmup_epochs: int = 10
 
 
 # Part B trains with the Moebius study's protocol (lr 3e-3, per-replica plateau halving).
@@ -88,6 +93,11 @@ def settings(cfg: Config) -> list[dict]:
                          f"{cfg.mixing_seeds!r}")
     for k in cfg.mixing_seeds:
         check_int("mixing_seeds", k, minimum=0)
+    if cfg.kl_warmup_beta is not None:
+        b = cfg.kl_warmup_beta
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < 1:
+            raise ValueError(f"kl_warmup_beta: expected None or a weight in (0, 1), got {b!r}")
+        check_int("kl_warmup_epochs", cfg.kl_warmup_epochs)
     fixed = [{"part": "fixed", "decoder": n, "family": f} for n in cfg.decoders
              for f in FAMILIES]
     learned = [{"part": "learned", "mixing": m, "mixing_seed": k, "family": f}
@@ -136,10 +146,12 @@ def _learned(setting: dict, cfg: Config, rt: Runtime) -> list[dict]:
                              family=setting["family"], init_scale=1 / math.sqrt(first))
     warm_failed, _ = precision_warmup(vae, guide, ds.train, ds.val, cfg, seeds, rt,
                                       cfg.warmup_gamma2, cfg.warmup_epochs)
+    kl_failed, _ = kl_warmup(vae, guide, ds.train, ds.val, cfg, seeds, rt,
+                             cfg.kl_warmup_beta, cfg.kl_warmup_epochs)
     fit = train(vae, guide, ds.train, ds.val, cfg, seeds, rt, desc="guide families")
     m = inference.evaluate(vae, guide, ds.test.x, ds.test.z, metrics=("mcc",))
     return inference.tidy_rows({"mcc": m["mcc_pearson"]}, {"seed": seeds},
-                               failed=fit.failed | warm_failed,
+                               failed=fit.failed | warm_failed | kl_failed,
                                study="guide_families", part="learned",
                                mixing=setting["mixing"], mixing_seed=draw,
                                family=setting["family"], gamma2=g2)

@@ -144,6 +144,13 @@ class VAE(nn.Module):
         self._follow_buffers()
         self.pyro_name = unique_name("vae")
 
+    def set_beta(self, beta) -> None:
+        """Sets ``beta`` (a positive number or an ``(R,)`` tensor) in place, e.g. for a KL
+        warm-up; the latent site's scale follows."""
+        self.beta.copy_(_per_replica("beta", beta, self.replicas,
+                                     {"device": self.beta.device, "dtype": self.beta.dtype}))
+        self._unit_beta = bool((self.beta == 1).all())
+
     # -- device and dtype ------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
