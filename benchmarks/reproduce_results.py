@@ -111,7 +111,8 @@ def moebius_protocol(args) -> None:
                   f"1e5 {float(mcc[4:].mean()):.3f}", flush=True)
 
     cfg = inference.FitConfig(epochs=args.epochs or 60, lr=args.lr or 3e-3,
-                              patience=args.patience, lr_halvings=args.halvings)
+                              patience=3 if args.patience is None else args.patience,
+                              lr_halvings=args.halvings)
     stage = args.warmup_gamma2
     while args.warmup_epochs and bool((gamma2 > stage).any()):
         # epochs at a lower precision (raised tenfold per stage), then the plateau protocol
@@ -375,14 +376,17 @@ def _welch(a, b) -> str:
 
 def _study6(out_root: str, seeds: int, executor=None, warmup_epochs: int = 0,
             warmup_gamma2: float = 1e3, mixings: tuple | None = None,
-            seed_offset: int = 0, mixing_seeds: tuple = (0,)) -> None:
+            seed_offset: int = 0, mixing_seeds: tuple = (0,),
+            protocol: dict | None = None) -> None:
     """Study 6 at n = 20k with ``seeds`` replicas per family from ``seed_offset`` (part B on
     ``mixings``, default the study's, each drawn under every one of ``mixing_seeds``, with a
     precision warm-up if ``warmup_epochs``); print its table and the 6B intervals. The default
     size (10 seeds) writes ``guide_families`` (the conjectures'), others
     ``guide_families_<seeds>seeds[_warmup][_<mixings>][_from<offset>][_draws<A>-<B>]``. With
     more than one draw, also the draws-as-units interval: the t-interval of the mean over draws
-    of each draw's difference in mean MCC."""
+    of each draw's difference in mean MCC. ``protocol``: other part-B training fields
+    (``kl_warmup_beta``, ``kl_warmup_epochs``, ``patience``, ``epochs``,
+    ``learned_prior_scale``), each named in the output directory (``_<field><value>``)."""
 
     from pyro_ima.experiments import guide_families, run_study
     full = guide_families.FULL
@@ -391,11 +395,13 @@ def _study6(out_root: str, seeds: int, executor=None, warmup_epochs: int = 0,
         + ("_warmup" if warmup_epochs else "") \
         + ("" if mixings == full.learned_mixings else "_" + "_".join(mixings)) \
         + (f"_from{seed_offset}" if seed_offset else "") \
-        + ("" if mixing_seeds == (0,) else f"_draws{mixing_seeds[0]}-{mixing_seeds[-1]}")
+        + ("" if mixing_seeds == (0,) else f"_draws{mixing_seeds[0]}-{mixing_seeds[-1]}") \
+        + "".join(f"_{k}{v:g}" for k, v in sorted((protocol or {}).items()))
     cfg = dataclasses.replace(full, n=20_000, seeds=seeds, seed_offset=seed_offset,
                               learned_mixings=mixings, mixing_seeds=mixing_seeds,
                               warmup_gamma2=warmup_gamma2 if warmup_epochs else None,
-                              warmup_epochs=warmup_epochs or full.warmup_epochs)
+                              warmup_epochs=warmup_epochs or full.warmup_epochs,
+                              **(protocol or {}))
     gf = run_study("guide_families", out, progress=False, executor=executor, config=cfg)
     print(gf["table"])
     mcc = _mcc_by(out, "learned", lambda r: (r["mixing"], r["family"]))
@@ -433,7 +439,13 @@ def guide_families_seeds(args) -> None:
     seeds = 10 if args.seeds is None else args.seeds
     warm = {"warmup_epochs": args.warmup_epochs, "warmup_gamma2": args.warmup_gamma2,
             "mixings": tuple(args.mixings.split(",")) if args.mixings else None,
-            "seed_offset": args.seed_offset, "mixing_seeds": args.mixing_seeds}
+            "seed_offset": args.seed_offset, "mixing_seeds": args.mixing_seeds,
+            "protocol": {k: v for k, v in (("kl_warmup_beta", args.kl_warmup_beta),
+                                           ("kl_warmup_epochs", args.kl_warmup_epochs),
+                                           ("patience", args.patience),
+                                           ("epochs", args.epochs),
+                                           ("learned_prior_scale", args.prior_scale))
+                         if v is not None}}
     if args.workers == 1:
         return _study6(args.out_root, seeds, **warm)
     with Executor("processes", workers=args.workers, threads_per_worker=1) as ex:
@@ -455,7 +467,7 @@ def conjectures(args) -> None:
               f"{_welch(mcc[(learner, 0.0)], mcc[(learner, 4.0)])}")
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["reference-moebius-scale", "moebius-protocol",
@@ -468,10 +480,13 @@ if __name__ == "__main__":
                    help="elbo-vs-lima, conjectures, guide-families: where the studies write")
     p.add_argument("--lr", type=float, default=None,
                    help="moebius-protocol: 3e-3 by default; sprites-long: 1e-3")
-    p.add_argument("--patience", type=int, default=3, help="moebius-protocol")
+    p.add_argument("--patience", type=_at_least_one, default=None,
+                   help="moebius-protocol, guide-families (part B): plateau patience in "
+                        "epochs (default 3)")
     p.add_argument("--halvings", type=int, default=4, help="moebius-protocol: plateau halvings")
     p.add_argument("--epochs", type=int, default=None,
-                   help="moebius-protocol: epoch cap (60); sprites-oracle: ELBO epochs (30)")
+                   help="moebius-protocol: epoch cap (60); sprites-oracle: ELBO epochs (30); "
+                        "guide-families: part B's epoch cap (60)")
     p.add_argument("--arm", choices=["both", "true", "random"], default="both",
                    help="sprites-oracle: which start to train (default both)")
     p.add_argument("--sup-epochs", type=int, default=15,
@@ -505,6 +520,14 @@ if __name__ == "__main__":
     p.add_argument("--mixing-seeds", type=_seed_range, default=(0,),
                    help="guide-families: draws of each mixing (W and data), A or A-B "
                         "(default 0, one draw)")
+    p.add_argument("--kl-warmup-beta", type=float, default=None,
+                   help="guide-families: part B first trains --kl-warmup-epochs epochs with "
+                        "the latent site weighted by this beta in (0, 1) (default: none)")
+    p.add_argument("--kl-warmup-epochs", type=_at_least_one, default=None,
+                   help="guide-families: the KL warm-up's epochs (default 10)")
+    p.add_argument("--prior-scale", type=float, default=None,
+                   help="guide-families: part B's latent scale, the sd of its Gaussian "
+                        "sources and prior (default 0.2)")
     p.add_argument("--warmup-epochs", type=int, default=0,
                    help="moebius-protocol, guide-families: epochs at --warmup-gamma2 first "
                         "(default 0: none; guide-families: at each precision below the target)")
@@ -514,10 +537,14 @@ if __name__ == "__main__":
                    help="moebius-protocol: raise the warm-up gamma2 tenfold per stage")
     p.add_argument("--pole", choices=["ours", "reference"], default="ours",
                    help="moebius-protocol: the Moebius pole (default: ours)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     {"reference-moebius-scale": reference_moebius_scale, "moebius-protocol": moebius_protocol,
      "sprites-long": sprites_long, "sprites-diagnostic": sprites_diagnostic,
      "sprites-oracle": sprites_oracle, "sprites-geometry": sprites_geometry,
      "elbo-vs-lima": elbo_vs_lima,
      "is-vs-quadrature": is_vs_quadrature, "tau-joint": tau_joint,
      "conjectures": conjectures, "guide-families": guide_families_seeds}[a.what](a)
+
+
+if __name__ == "__main__":
+    main()

@@ -106,6 +106,10 @@ CASES = {
     "guide_families_kl_warmup_beta": (lambda t: run_study(
         "guide_families", t / "gf", progress=False, config=dataclasses.replace(
             guide_families.QUICK, kl_warmup_beta=1.0)), ValueError, "kl_warmup_beta"),
+    "guide_families_prior_scale_moebius": (lambda t: run_study(
+        "guide_families", t / "gf", progress=False, config=dataclasses.replace(
+            guide_families.QUICK, learned_prior_scale=1.0)), ValueError,
+        "learned_prior_scale"),
     "epochs_zero": (lambda t: _fit(X, epochs=0), ValueError, "epochs"),
     "seed_count": (lambda t: _replica_fit(seed=[1, 2]), ValueError, "seed"),
     "particles_not_vectorized": (lambda t: _fit(X, batch_size=16, loss=Trace_ELBO(

@@ -73,3 +73,30 @@ def test_draws_interval_takes_each_draws_mean_as_the_unit(reproduce, tmp_path, c
     half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2  # sqrt(4 draws)
     out = capsys.readouterr().out
     assert f"= {d.mean():.3f} [{d.mean() - half:.3f}, {d.mean() + half:.3f}]" in out, out
+
+
+def test_guide_families_protocol_options_reach_the_study_and_name_its_directory(reproduce,
+                                                                                monkeypatch):
+    from pyro_ima import experiments
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_study(name, out, **kw):
+        seen.update(name=name, out=out, cfg=kw["config"])
+        raise Stop
+    monkeypatch.setattr(experiments, "run_study", fake_run_study)
+    with pytest.raises(Stop):
+        reproduce.main(["guide-families", "--out-root", "R", "--mixings", "orthogonal_mlp",
+                        "--seed-offset", "300", "--kl-warmup-beta", "0.01", "--patience", "10",
+                        "--epochs", "200", "--prior-scale", "1"])
+    cfg = seen["cfg"]
+    assert (cfg.kl_warmup_beta, cfg.kl_warmup_epochs, cfg.patience, cfg.epochs,
+            cfg.learned_prior_scale, cfg.seed_offset) == (0.01, 10, 10, 200, 1.0, 300)
+    assert seen["out"] == ("R/guide_families_orthogonal_mlp_from300_epochs200"
+                           "_kl_warmup_beta0.01_learned_prior_scale1_patience10")
+    with pytest.raises(Stop):  # without them: the study's own protocol and directory
+        reproduce.main(["guide-families"])
+    assert seen["out"].endswith("/guide_families") and seen["cfg"].kl_warmup_beta is None
+    assert seen["cfg"].patience == 3 and seen["cfg"].learned_prior_scale == 0.2

@@ -171,7 +171,8 @@ def test_guide_families_kl_warmup_trains_at_the_lower_beta_first(monkeypatch):
     real = common.train
 
     def spy(vae, *a, **k):
-        seen.append((vae.beta.tolist(), k.get("patience", "cfg")))
+        seen.append((vae.beta.tolist(), k.get("patience", "cfg"),
+                     round(float(vae.prior.variance.mean()), 6)))
         return real(vae, *a, **k)
     monkeypatch.setattr(common, "train", spy)
     monkeypatch.setattr(guide_families, "train", spy)
@@ -179,7 +180,11 @@ def test_guide_families_kl_warmup_trains_at_the_lower_beta_first(monkeypatch):
                               kl_warmup_beta=0.01, kl_warmup_epochs=1)
     setting = {"part": "learned", "mixing": "orthogonal_mlp", "family": "diagonal"}
     rows = guide_families.run_setting(setting, cfg)
-    assert seen == [(pytest.approx([0.01, 0.01]), None), ([1.0, 1.0], "cfg")]
+    assert seen == [(pytest.approx([0.01, 0.01]), None, 0.04), ([1.0, 1.0], "cfg", 0.04)]
+    seen.clear()  # the latent scale: the prior's (and the sources') sd
+    guide_families.run_setting(setting, dataclasses.replace(cfg, kl_warmup_beta=None,
+                                                             learned_prior_scale=1.0))
+    assert seen == [([1.0, 1.0], "cfg", 1.0)]
     assert all(0 <= r["value"] <= 1 for r in rows)
 
 

@@ -78,6 +78,10 @@ class Config(TrainingConfig):
     # kl_warmup_epochs epochs first, against posterior collapse; None: none, the runs so far)
     kl_warmup_beta: float | None = None
     kl_warmup_epochs: int = 10
+    # part B's latent scale: the sd of its Gaussian sources and prior (PRIOR_SCALE, 0.2, the
+    # runs so far: there OrthogonalMLP's nonlinearity is nearly linear over the data; at 1 its
+    # slope sigma' ranges over (0.2, 1))
+    learned_prior_scale: float = PRIOR_SCALE
 
 
 # Part B trains with the Moebius study's protocol (lr 3e-3, per-replica plateau halving).
@@ -98,6 +102,12 @@ def settings(cfg: Config) -> list[dict]:
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < 1:
             raise ValueError(f"kl_warmup_beta: expected None or a weight in (0, 1), got {b!r}")
         check_int("kl_warmup_epochs", cfg.kl_warmup_epochs)
+    ps = cfg.learned_prior_scale
+    if isinstance(ps, bool) or not isinstance(ps, (int, float)) or not 0 < ps < math.inf:
+        raise ValueError(f"learned_prior_scale: expected a finite number > 0, got {ps!r}")
+    if ps > PRIOR_SCALE and "moebius" in cfg.learned_mixings:
+        raise ValueError(f"learned_prior_scale: the moebius mixing needs latents near the "
+                         f"origin, away from its pole (at most {PRIOR_SCALE}), got {ps!r}")
     fixed = [{"part": "fixed", "decoder": n, "family": f} for n in cfg.decoders
              for f in FAMILIES]
     learned = [{"part": "learned", "mixing": m, "mixing_seed": k, "family": f}
@@ -137,7 +147,7 @@ def _learned(setting: dict, cfg: Config, rt: Runtime) -> list[dict]:
     d = LEARNED_D
     draw = setting.get("mixing_seed", 0)
     f = _decoder(setting["mixing"], d, seed=draw)
-    p0 = priors.gaussian(d, scale=PRIOR_SCALE)
+    p0 = priors.gaussian(d, scale=cfg.learned_prior_scale)
     seeds = list(range(cfg.seed_offset, cfg.seed_offset + cfg.seeds))
     ds = data.make_dataset(f, p0, n=cfg.n, seed=draw)
     g2 = cfg.learned_gamma2
