@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).parent.parent / "benchmarks"
 
@@ -100,3 +101,24 @@ def test_guide_families_protocol_options_reach_the_study_and_name_its_directory(
         reproduce.main(["guide-families"])
     assert seen["out"].endswith("/guide_families") and seen["cfg"].kl_warmup_beta is None
     assert seen["cfg"].patience == 3 and seen["cfg"].learned_prior_scale == 0.2
+
+
+def test_explore_orthogonal_mlp_variants_and_run(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import explore_orthogonal_mlp as ex
+    z = 0.01 * torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    mlp, matched = ex.mixing("orthogonal_mlp", 3, 0), ex.mixing("linear-matched", 3, 0)
+    lin = ex.mixing("linear", 3, 0)
+    # linear-matched is orthogonal_mlp's first-order expansion at 0: sigma(z) = 0.8 log 2 +
+    # 0.6 z + 0.1 z^2 + O(z^3), so the error is at most ~0.1 z^2 max(s) sqrt(3) (W orthogonal)
+    bound = 0.11 * float(z.abs().max()) ** 2 * 10 ** 0.5 * 3 ** 0.5 + 1e-6
+    assert (mlp(z) - matched(z)).abs().max() < bound < (mlp(z) - lin(z)).abs().max()
+    assert torch.allclose(mlp(torch.zeros(1, 3)), matched(torch.zeros(1, 3)), atol=1e-6)
+    out = ex.main(["linear", "--n", "300", "--seeds", "2", "--epochs", "1",
+                   "--kl-warmup-beta", "0.1", "--kl-warmup-epochs", "1"])
+    text = capsys.readouterr().out
+    assert "seed 1: MCC" in text and "KL warm-up beta 0.1 x 1 epochs" in text
+    assert out["mcc"].shape == (2,) and bool(((out["mcc"] > 0) & (out["mcc"] <= 1)).all())
+    ex.main(["orthogonal_mlp", "--n", "300", "--seeds", "1", "--epochs", "1",
+             "--true-decoder"])
+    assert "true decoder held fixed" in capsys.readouterr().out
