@@ -21,8 +21,10 @@ VARIANT (``W``, a random orthogonal matrix from ``--draw``, and ``s``, log-space
   ``linear-matched``: ``W (0.6 s * z) + W (0.8 log 2 s)``, the first-order Taylor expansion
   of ``orthogonal_mlp`` at 0.
 
-The same seeds, data and calls as ``guide_families`` part B, so ``orthogonal_mlp`` and
-``linear`` reproduce that study's numbers for the same options.
+It trains with ``guide_families.learned_fit``, part B's own training (the same seeds, data and
+steps), so ``orthogonal_mlp`` and ``linear`` reproduce that study's numbers for the same options
+(``guide-families --mixings orthogonal_mlp`` etc. in ``reproduce_results.py``; part B there runs
+one thread per worker: use ``--threads 1`` here to match it bit for bit).
 """
 
 from __future__ import annotations
@@ -47,21 +49,23 @@ class _Shifted:
 
 
 def mixing(variant: str, d: int, draw: int):
-    from pyro_ima import mixings
-    s = torch.logspace(-0.5, 0.5, d)
-    if variant == "orthogonal_mlp":
-        return mixings.OrthogonalMLP(d, seed=draw, scales=s, slope=0.2)
+    from pyro_ima.experiments.guide_families import make_mixing
+    if variant in ("orthogonal_mlp", "linear"):
+        return make_mixing("orthogonal_mlp" if variant == "orthogonal_mlp"
+                           else "orthogonal_linear", d, seed=draw)
     scale = 0.6 if variant in ("linear-scaled", "linear-matched") else 1.0
-    f = mixings.OrthogonalMLP(d, seed=draw, scales=scale * s, slope=1.0)
-    if variant in ("linear-offset", "linear-matched"):
+    f = make_mixing("orthogonal_linear", d, seed=draw)
+    s = f.scales
+    f.scales = scale * s
+    if variant in ("linear-offset", "linear-matched"):  # sigma(0) = 0.8 log 2
         return _Shifted(f, (0.8 * math.log(2) * s) @ f.weight.T)
     return f
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from pyro_ima import data, inference, priors
+    from pyro_ima import inference
     from pyro_ima.experiments import guide_families
-    from pyro_ima.experiments.common import Runtime, kl_warmup, replica_vae, train
+    from pyro_ima.experiments.common import Runtime
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,27 +81,27 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=guide_families.FULL.epochs)
     p.add_argument("--n", type=int, default=20_000, help=argparse.SUPPRESS)  # tests: tiny
     p.add_argument("--true-decoder", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
 
-    cfg = dataclasses.replace(guide_families.FULL, n=a.n, patience=a.patience, epochs=a.epochs)
-    d = guide_families.LEARNED_D
-    f = mixing(a.variant, d, a.draw)
-    p0 = priors.gaussian(d, scale=a.prior_scale)
-    seeds = list(range(a.seed_offset, a.seed_offset + a.seeds))
-    ds = data.make_dataset(f, p0, n=cfg.n, seed=a.draw)
-    g2 = guide_families.FULL.learned_gamma2
-    vae, guide = replica_vae(d, p0, torch.full((len(seeds),), g2), seeds, family=a.family,
-                             init_scale=1 / math.sqrt(g2),
-                             decoder=f if a.true_decoder else None)
-    rt = Runtime()
-    kl_failed, _ = kl_warmup(vae, guide, ds.train, ds.val, cfg, seeds, rt, a.kl_warmup_beta,
-                             a.kl_warmup_epochs)
-    fit = train(vae, guide, ds.train, ds.val, cfg, seeds, rt)
-    m = inference.evaluate(vae, guide, ds.test.x, ds.test.z, metrics=("mcc",))
+    if a.kl_warmup_beta is None and a.kl_warmup_epochs != 10:
+        p.error("--kl-warmup-epochs: given without --kl-warmup-beta")
+    cfg = dataclasses.replace(guide_families.FULL, n=a.n, patience=a.patience, epochs=a.epochs,
+                              seeds=a.seeds, seed_offset=a.seed_offset,
+                              learned_prior_scale=a.prior_scale,
+                              kl_warmup_beta=a.kl_warmup_beta,
+                              kl_warmup_epochs=a.kl_warmup_epochs)
+    guide_families.settings(cfg)  # checks the config before any work
+    f = mixing(a.variant, guide_families.LEARNED_D, a.draw)
+    r = guide_families.learned_fit(f, a.family, cfg, a.draw, Runtime(),
+                                   decoder=f if a.true_decoder else None)
+    guide, ds, seeds, fit, failed = r.guide, r.dataset, r.seeds, r.fit, r.failed
+    m = inference.evaluate(r.vae, guide, ds.test.x, ds.test.z, metrics=("mcc",))
     with torch.no_grad():
         sd = guide.covariance(ds.test.x).diagonal(dim1=-2, dim2=-1).sqrt().mean(-2)
     collapsed = sd > 0.5 * a.prior_scale
-    failed = fit.failed | kl_failed
     mcc = m["mcc_pearson"]
     print(f"{a.variant}, {a.family}, prior sd {a.prior_scale:g}, draw {a.draw}"
           + (", true decoder held fixed" if a.true_decoder else "")

@@ -19,6 +19,10 @@
                                                           [--warmup-epochs 0] [--seed-offset 0]
                                                           [--mixings moebius,orthogonal_mlp]
                                                           [--mixing-seeds 0]
+                                                          [--kl-warmup-beta B]
+                                                          [--kl-warmup-epochs 10]
+                                                          [--patience 3] [--epochs 60]
+                                                          [--prior-scale 0.2]
 
 ``conjectures`` runs studies 6 and 7 at the sizes of docs/results.md (a rerun in the same
 ``--out-root`` only re-summarizes) and prints the 95% Welch intervals the criteria use
@@ -28,7 +32,9 @@ rerun: ``--seeds 100 --workers 2``); with ``--mixing-seeds A-B`` it trains them 
 draw A..B of every mixing (``W`` and data) and adds the per-draw means and, with the draws as
 the units, t-intervals of the differences between families (``scipy.stats.ttest_1samp``): the
 6B sweep is ``--seeds 10 --workers 2 --mixings
-orthogonal_linear,orthogonal_mlp --seed-offset 200 --mixing-seeds 1-10``.
+orthogonal_linear,orthogonal_mlp --seed-offset 200 --mixing-seeds 1-10``. The protocol
+options change part B's training (a KL warm-up, the plateau patience, the epoch cap, the
+latent scale) and name the output directory after themselves.
 """
 
 from __future__ import annotations
@@ -436,6 +442,9 @@ def _by_draw(mcc: dict, mixings: tuple, draws: tuple) -> None:
 
 def guide_families_seeds(args) -> None:
     from pyro_ima.experiments.executors import Executor
+    if args.kl_warmup_epochs is not None and args.kl_warmup_beta is None:
+        raise SystemExit("reproduce_results.py: error: --kl-warmup-epochs: given without "
+                         "--kl-warmup-beta")
     seeds = 10 if args.seeds is None else args.seeds
     warm = {"warmup_epochs": args.warmup_epochs, "warmup_gamma2": args.warmup_gamma2,
             "mixings": tuple(args.mixings.split(",")) if args.mixings else None,
@@ -484,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="moebius-protocol, guide-families (part B): plateau patience in "
                         "epochs (default 3)")
     p.add_argument("--halvings", type=int, default=4, help="moebius-protocol: plateau halvings")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=_at_least_one, default=None,
                    help="moebius-protocol: epoch cap (60); sprites-oracle: ELBO epochs (30); "
                         "guide-families: part B's epoch cap (60)")
     p.add_argument("--arm", choices=["both", "true", "random"], default="both",

@@ -101,6 +101,9 @@ def test_guide_families_protocol_options_reach_the_study_and_name_its_directory(
         reproduce.main(["guide-families"])
     assert seen["out"].endswith("/guide_families") and seen["cfg"].kl_warmup_beta is None
     assert seen["cfg"].patience == 3 and seen["cfg"].learned_prior_scale == 0.2
+    for bad in (["--kl-warmup-epochs", "5"], ["--epochs", "0"]):  # refused before any work
+        with pytest.raises(SystemExit):
+            reproduce.main(["guide-families", *bad])
 
 
 def test_explore_orthogonal_mlp_variants_and_run(monkeypatch, capsys):
@@ -122,3 +125,17 @@ def test_explore_orthogonal_mlp_variants_and_run(monkeypatch, capsys):
     ex.main(["orthogonal_mlp", "--n", "300", "--seeds", "1", "--epochs", "1",
              "--true-decoder"])
     assert "true decoder held fixed" in capsys.readouterr().out
+    # the study's own training: the same numbers as guide_families part B
+    import dataclasses
+
+    from pyro_ima.experiments import guide_families
+    out = ex.main(["orthogonal_mlp", "--n", "300", "--seeds", "2", "--seed-offset", "5",
+                   "--epochs", "2", "--draw", "3", "--kl-warmup-beta", "0.1",
+                   "--kl-warmup-epochs", "1"])
+    cfg = dataclasses.replace(guide_families.FULL, n=300, seeds=2, seed_offset=5, epochs=2,
+                              kl_warmup_beta=0.1, kl_warmup_epochs=1)
+    rows = guide_families.run_setting({"part": "learned", "mixing": "orthogonal_mlp",
+                                       "mixing_seed": 3, "family": "diagonal"}, cfg)
+    assert [r["value"] for r in rows] == out["mcc"].tolist()
+    with pytest.raises(SystemExit):
+        ex.main(["linear", "--kl-warmup-epochs", "5"])

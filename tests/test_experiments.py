@@ -207,8 +207,8 @@ def test_guide_families_trains_each_draw_of_a_mixing_on_its_own_data(monkeypatch
     rows = guide_families.run_setting(learned[-1], cfg)
     (w3, seed3), = drawn
     assert seed3 == 3 and {r["mixing_seed"] for r in rows} == {3}
-    w0 = guide_families._decoder("orthogonal_linear", 3).weight
-    assert torch.allclose(w3, guide_families._decoder("orthogonal_linear", 3, seed=3).weight)
+    w0 = guide_families.make_mixing("orthogonal_linear", 3).weight
+    assert torch.allclose(w3, guide_families.make_mixing("orthogonal_linear", 3, seed=3).weight)
     assert not torch.allclose(w3, w0, atol=0.1)
 
 
@@ -243,14 +243,14 @@ def test_a_study_config_refused_before_its_directory_is_made(tmp_path):
 def test_guide_families_linear_mixing_is_ima_not_conformal_and_unknown_names_refused():
     from pyro_ima import metrics
     from pyro_ima.experiments import guide_families
-    f = guide_families._decoder("orthogonal_linear", 3)
+    f = guide_families.make_mixing("orthogonal_linear", 3)
     z = torch.randn(50, 3, generator=torch.Generator().manual_seed(0)) * 0.5
     J = metrics.jacobian(f, z)
     assert torch.allclose(J, J[:1].expand_as(J), atol=1e-6)  # linear: one Jacobian
     assert float(metrics.ima_contrast(J).max()) < 1e-6 < 0.5 < float(
         metrics.conformal_contrast(J).min())
     with pytest.raises(ValueError, match="mixing"):
-        guide_families._decoder("orthogonal", 3)
+        guide_families.make_mixing("orthogonal", 3)
 
 
 def test_a_study_reruns_from_its_results_file(self_consistency_run, tmp_path):
@@ -352,3 +352,23 @@ def test_grid_settings_chunks_the_whole_grid_and_training_summary_counts_capped_
     rows += [{"seed": 0, "replica": 0, "metric": "stopped_early", "value": 1.0},
              {"seed": 1, "replica": 1, "metric": "stopped_early", "value": 0.0}]
     assert training_summary(rows)["still_improving_at_cap"] == 1  # now seed 1, not seed 0
+
+
+def test_fingerprint_leaves_out_later_fields_only_at_their_defaults():
+    import dataclasses
+    import hashlib
+    import json
+
+    from pyro_ima import __version__
+    from pyro_ima.experiments import guide_families, study_fingerprint
+    cfg = guide_families.FULL
+    old = {k: v for k, v in dataclasses.asdict(cfg).items()  # the config before the fields
+           if k not in ("kl_warmup_beta", "kl_warmup_epochs", "learned_prior_scale")}
+    text = json.dumps({"study": "guide_families", "quick": False, "config": old,
+                       "dtype": "float32", "version": __version__}, sort_keys=True, default=list)
+    fp = study_fingerprint("guide_families", False, cfg, "float32")
+    assert fp == hashlib.sha256(text.encode()).hexdigest()[:20]  # earlier directories resume
+    for change in ({"kl_warmup_beta": 0.01}, {"kl_warmup_epochs": 5},
+                   {"learned_prior_scale": 1.0}, {"patience": 10}):
+        assert study_fingerprint("guide_families", False, dataclasses.replace(cfg, **change),
+                                 "float32") != fp, change

@@ -200,6 +200,17 @@ def test_set_beta_reweights_the_latent_site_and_kl_warmup_restores_it(monkeypatc
     assert seen == []  # None: nothing trained
     with pytest.raises(ValueError, match="beta"):
         kl_warmup(vae, guide, ds.train, ds.val, cfg, [0, 1], Runtime(), 1.5, 2)
+    vae.set_beta(torch.tensor([2.0, 0.5]))  # a beta-VAE's own weights: multiplied, restored
+
+    def boom(*a, **kw):
+        seen.append(vae.beta.tolist())
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(inference, "fit", boom)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        kl_warmup(vae, guide, ds.train, ds.val, cfg, [0, 1], Runtime(), 0.5, 2)
+    assert seen == [[1.0, 0.25]] and vae.beta.tolist() == [2.0, 0.5]
+    assert not vae._unit_beta
 
 
 def test_plateau_schedule_and_min_delta():

@@ -43,7 +43,14 @@ def study_fingerprint(name: str, quick: bool, cfg, dtype: str) -> str:
     """A hash of everything a study's numbers depend on: its name and size, its full config,
     the dtype and the package version (cached settings of another fingerprint are not used)."""
     from .. import __version__
-    text = json.dumps({"study": name, "quick": quick, "config": dataclasses.asdict(cfg),
+    config = dataclasses.asdict(cfg)
+    # fields added after a study's results were computed, whose default reproduces them:
+    # left out while at their default, so those study directories still resume
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for k in getattr(cfg, "FINGERPRINT_OMITS_DEFAULT", ()):
+        if config[k] == defaults[k]:
+            del config[k]
+    text = json.dumps({"study": name, "quick": quick, "config": config,
                        "dtype": dtype, "version": __version__}, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 

@@ -24,7 +24,7 @@ from .figures import pyplot, save_figure
 __all__ = ["TrainingConfig", "Runtime", "grid_settings", "fit_values", "training_summary",
            "run_sweep", "write_table", "replica_datasets", "replica_vae", "setting_key",
            "check_rows", "pyplot", "save_figure", "train", "format_table", "SettingTask",
-           "execute_setting", "load_setting"]
+           "execute_setting", "load_setting", "precision_warmup", "kl_warmup"]
 
 
 @dataclass(frozen=True)
@@ -112,11 +112,13 @@ def precision_warmup(vae, guide, train_x, val_x, cfg: TrainingConfig, seeds, rt:
 
 def kl_warmup(vae, guide, train_x, val_x, cfg: TrainingConfig, seeds, rt: Runtime,
               beta: float | None, epochs: int, desc: str = "KL warm-up"):
-    """Train every replica for ``epochs`` epochs with the latent site weighted by ``beta < 1``
-    (a KL warm-up against posterior collapse; no early stopping, the best validation state
-    kept), then restore the model's own ``beta``. With ``beta=None`` nothing is trained.
+    """Train every replica for ``epochs`` epochs with the latent site's weight multiplied by
+    ``beta < 1`` (a KL warm-up against posterior collapse; at the model's current precision,
+    no early stopping, the best validation state kept), then restore the model's own
+    ``beta``, also if training raises. With ``beta=None`` nothing is trained.
 
-    Returns ``(failed, epochs_run)``, both ``(R,)``, as :func:`precision_warmup`.
+    Returns ``(failed, epochs_run)``, both ``(R,)``: replicas that failed in the warm-up, and
+    the warm-up's epochs (the same for every replica, failed ones included).
     """
     R = len(vae.beta)
     if beta is None or epochs <= 0:
