@@ -90,10 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--kl-warmup-epochs: given without --kl-warmup-beta")
     cfg = dataclasses.replace(guide_families.FULL, n=a.n, patience=a.patience, epochs=a.epochs,
                               seeds=a.seeds, seed_offset=a.seed_offset,
+                              learned_mixings=("orthogonal_mlp",),  # part B: not Moebius
                               learned_prior_scale=a.prior_scale,
                               kl_warmup_beta=a.kl_warmup_beta,
                               kl_warmup_epochs=a.kl_warmup_epochs)
-    guide_families.settings(cfg)  # checks the config before any work
+    try:
+        guide_families.settings(cfg)  # checks the config before any work
+    except (TypeError, ValueError) as e:
+        p.error(str(e))
     f = mixing(a.variant, guide_families.LEARNED_D, a.draw)
     r = guide_families.learned_fit(f, a.family, cfg, a.draw, Runtime(),
                                    decoder=f if a.true_decoder else None)

@@ -123,7 +123,7 @@ def test_explore_orthogonal_mlp_variants_and_run(monkeypatch, capsys):
     assert "seed 1: MCC" in text and "KL warm-up beta 0.1 x 1 epochs" in text
     assert out["mcc"].shape == (2,) and bool(((out["mcc"] > 0) & (out["mcc"] <= 1)).all())
     ex.main(["orthogonal_mlp", "--n", "300", "--seeds", "1", "--epochs", "1",
-             "--true-decoder"])
+             "--true-decoder", "--prior-scale", "1"])
     assert "true decoder held fixed" in capsys.readouterr().out
     # the study's own training: the same numbers as guide_families part B
     import dataclasses
@@ -137,5 +137,6 @@ def test_explore_orthogonal_mlp_variants_and_run(monkeypatch, capsys):
     rows = guide_families.run_setting({"part": "learned", "mixing": "orthogonal_mlp",
                                        "mixing_seed": 3, "family": "diagonal"}, cfg)
     assert [r["value"] for r in rows] == out["mcc"].tolist()
-    with pytest.raises(SystemExit):
-        ex.main(["linear", "--kl-warmup-epochs", "5"])
+    for bad in (["--kl-warmup-epochs", "5"], ["--prior-scale", "0"], ["--patience", "0"]):
+        with pytest.raises(SystemExit):  # one line from argparse, before any work
+            ex.main(["linear", *bad])
