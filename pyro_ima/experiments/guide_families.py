@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .. import data, inference, metrics, mixings, models, priors
-from .._utils import check_int
+from .._utils import check_int, check_positive
 from .common import (
     Runtime,
     TrainingConfig,
@@ -113,8 +113,7 @@ def settings(cfg: Config) -> list[dict]:
         check_int("kl_warmup_epochs", cfg.kl_warmup_epochs)
     cfg.fit_config()  # the training fields (epochs, patience, ...), checked before any work
     ps = cfg.learned_prior_scale
-    if isinstance(ps, bool) or not isinstance(ps, (int, float)) or not 0 < ps < math.inf:
-        raise ValueError(f"learned_prior_scale: expected a finite number > 0, got {ps!r}")
+    check_positive("learned_prior_scale", ps, allow_tensor=False)
     if ps > PRIOR_SCALE and "moebius" in cfg.learned_mixings:
         raise ValueError(f"learned_prior_scale: the moebius mixing needs latents near the "
                          f"origin, away from its pole (at most {PRIOR_SCALE}), got {ps!r}")
