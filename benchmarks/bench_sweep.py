@@ -9,8 +9,9 @@ settings``. Printed as ratios to the in-process run, measured in this one proces
 
 Then a projection of the full suite (studies 1-5 at the paper's seed counts) on N workers
 from measured full-size times (README: the settings' compute seconds of studies 1-4, one or
-two settings of 25-120 replicas each; Sprites: 4 gamma2 x 10 seeds of ~7.3 h each at the
-paper's protocol, from ~50 ms per batch-64 step on 2 cores and 800 epochs of 42,000 images):
+two settings of 25-120 replicas each; Sprites: the reference sweep
+(``sprites_study.REFERENCE_SWEEP``), 4 gamma2 x 10 seeds of ~6.4 h each, from ~0.4 s per
+batch-512 step on 2 cores and 700 epochs of 42,000 images):
 a study with fewer settings than workers is split into smaller replica batches, whose cost
 follows the replica-batch scaling measured by ``bench_replicas.py`` (4.8 ms + 0.19 ms per
 replica per step; Sprites' conv nets: linear in the replicas), plus this benchmark's overhead
@@ -31,11 +32,12 @@ from pyro_ima.experiments import run_study
 from pyro_ima.experiments.executors import Executor
 
 # (study, settings at full size as (replicas, seconds)), measured here (README). Sprites: the
-# paper's protocol, 4 gamma2 x 10 seeds in settings of 10 replicas, ~7.3 h per seed on 2 cores
-# (a CPU batch of conv nets is no faster than its seeds one after another).
+# reference sweep, 4 gamma2 x 10 seeds in settings of 10 replicas, ~6.4 h per seed on 2 cores
+# (700 x 82 steps of ~0.4 s; a CPU batch of conv nets is no faster than its seeds one after
+# another).
 FULL = {"self_consistency": [(100, 2189.0)], "elbo_vs_lima": [(25, 163.5), (25, 163.5)],
         "moebius": [(60, 2071.0), (60, 2742.0)], "linear_contrast": [(100, 2991.0)],
-        "sprites": [(10, 10 * 7.3 * 3600)] * 4}
+        "sprites": [(10, 10 * 700 * 82 * 0.4)] * 4}
 LINEAR_COST = {"sprites"}  # studies whose batch costs its replicas' sum (conv nets on a CPU)
 STEP_A, STEP_B = 4.8e-3, 0.19e-3  # seconds per step: a + b R (bench_replicas.py, 2 cores)
 

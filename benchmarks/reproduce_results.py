@@ -11,6 +11,8 @@
     python benchmarks/reproduce_results.py sprites-oracle [--geometry triangle]
                                                           [--arm both|true|random --epochs 30]
                                                           [--data-seed 0]
+                                                          [--lr 1e-3 --batch-size 64]
+                                                          [--sprites-init default|xavier]
     python benchmarks/reproduce_results.py elbo-vs-lima [--out-root runs/results]
     python benchmarks/reproduce_results.py is-vs-quadrature
     python benchmarks/reproduce_results.py tau-joint [--tau-warmup 30]
@@ -189,9 +191,11 @@ def _LearnedBetaVAE():
     return LearnedBetaVAE
 
 
-def _sprites_vae(geometry: str, prior: str = "true", data_seed: int = 0):
+def _sprites_vae(geometry: str, prior: str = "true", data_seed: int = 0, init: str = "default"):
     """gamma2 = 1, the study's networks (seed 0), the 6,000-image set of ``geometry`` drawn
-    under ``data_seed`` (its Beta parameters and images)."""
+    under ``data_seed`` (its Beta parameters and images). ``init="xavier"``: the linear layers'
+    weights redrawn Xavier-uniform, as the official code's ``weights_init`` does (biases and
+    convolutions keep PyTorch's defaults)."""
     from pyro_ima import models, priors, sprites
     ds = sprites.sprites_dataset(sprites.SpritesConfig(n=6000, seed=data_seed,
                                                        geometry=geometry))
@@ -199,13 +203,21 @@ def _sprites_vae(geometry: str, prior: str = "true", data_seed: int = 0):
     p0 = (priors.beta(4, a=a.tolist(), b=b.tolist()) if prior == "true"
           else priors.beta(4, a=float(a.mean()), b=float(b.mean())))
     cls = _LearnedBetaVAE() if prior == "learned" else models.GaussianVAE
-    vae = cls(models.ConvDecoder(4, seed=0), p0, 1.0, obs_event_dim=3)
-    return ds, vae, models.DiagonalGuide(vae, models.ConvEncoder(8, seed=10_000))
+    decoder, encoder = models.ConvDecoder(4, seed=0), models.ConvEncoder(8, seed=10_000)
+    if init == "xavier":
+        for net, seed in ((decoder, 0), (encoder, 10_000)):
+            gen = torch.Generator().manual_seed(seed)
+            for m in net.modules():
+                if isinstance(m, torch.nn.Linear):
+                    torch.nn.init.xavier_uniform_(m.weight, generator=gen)
+    vae = cls(decoder, p0, 1.0, obs_event_dim=3)
+    return ds, vae, models.DiagonalGuide(vae, encoder)
 
 
-def _sprites_report(vae, guide, ds, label: str, t0: float):
-    """A callback printing MCC per factor and the validation ELBO every 2 epochs."""
-    from pyro_ima import inference
+def _sprites_report(vae, guide, ds, label: str, t0: float, last: int | None = None):
+    """A callback printing MCC per factor and the validation ELBO every 2 epochs; after epoch
+    ``last`` also the |Pearson correlation| of each factor with each inferred latent."""
+    from pyro_ima import inference, metrics
     x, z = ds.test.x[:1000], ds.test.z[:1000]
 
     def report(epoch, rec):
@@ -215,6 +227,12 @@ def _sprites_report(vae, guide, ds, label: str, t0: float):
             print(f"{label}, epoch {epoch + 1}: MCC {float(m['mcc_pearson']):.3f} (x / y / size "
                   f"/ hue {per}), validation ELBO {rec['val_elbo'][0]:.1f}, "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
+        if epoch + 1 == last:
+            with torch.no_grad():
+                corr = metrics.mcc(z, guide.point_estimate(x)).correlations
+            print("|corr| of each factor (row) with latents z0..z3:")
+            for name, row in zip(sprites.FACTORS, corr, strict=True):
+                print(f"  {name:>5}: " + "  ".join(f"{c:.2f}" for c in row), flush=True)
     return report
 
 
@@ -257,7 +275,8 @@ def sprites_oracle(args) -> None:
     arms = {"both": ("true factors first", "random initialization"),
             "true": ("true factors first",), "random": ("random initialization",)}[args.arm]
     for arm in arms:
-        ds, vae, guide = _sprites_vae(args.geometry, data_seed=args.data_seed)
+        ds, vae, guide = _sprites_vae(args.geometry, data_seed=args.data_seed,
+                                      init=args.sprites_init)
         if arm == "true factors first":
             X, Z = ds.train.x, ds.train.z
             params = [*vae.decoder.parameters(), *guide.encoder.parameters()]
@@ -274,8 +293,9 @@ def sprites_oracle(args) -> None:
                     opt.step()
             print(f"{arm}: {args.sup_epochs} supervised epochs, {time.perf_counter() - t0:.0f} s",
                   flush=True)
-        inference.fit(vae, guide, ds.train, ds.val, epochs=epochs, batch_size=64, lr=1e-3,
-                      seed=0, callbacks=[_sprites_report(vae, guide, ds, arm, t0)])
+        inference.fit(vae, guide, ds.train, ds.val, epochs=epochs,
+                      batch_size=args.batch_size or 64, lr=args.lr or 1e-3, seed=0,
+                      callbacks=[_sprites_report(vae, guide, ds, arm, t0, epochs)])
 
 
 def elbo_vs_lima(args) -> None:
@@ -488,7 +508,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-root", default="runs/results",
                    help="elbo-vs-lima, conjectures, guide-families: where the studies write")
     p.add_argument("--lr", type=float, default=None,
-                   help="moebius-protocol: 3e-3 by default; sprites-long: 1e-3")
+                   help="moebius-protocol: 3e-3 by default; sprites-long, sprites-oracle "
+                        "(ELBO training): 1e-3")
+    p.add_argument("--batch-size", type=_at_least_one, default=None,
+                   help="sprites-oracle: the ELBO training's batch size (default 64)")
     p.add_argument("--patience", type=_at_least_one, default=None,
                    help="moebius-protocol, guide-families (part B): plateau patience in "
                         "epochs (default 3)")
@@ -510,6 +533,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sprites-prior", choices=["true", "symmetric", "learned"], default="true",
                    help="sprites-diagnostic: the generator's Beta per factor, one for all, or "
                         "one for all to start from and learned (a, b) per latent")
+    p.add_argument("--sprites-init", choices=["default", "xavier"], default="default",
+                   help="sprites-oracle: the networks' initialization (xavier: linear weights "
+                        "Xavier-uniform, as the official code)")
     p.add_argument("--sprites-anneal", action="store_true",
                    help="sprites-diagnostic: start at gamma2 100, then 10, then 1")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")

@@ -238,3 +238,19 @@ def test_replica_batched_conv_vae_trains_each_replica_as_its_own_run(tmp_path):
                                    atol=1e-3, rtol=1e-5)
         torch.testing.assert_close(vae.decoder(torch.full((2, 1, 4), 0.5))[i],
                                    v1.decoder(torch.full((1, 4), 0.5)), atol=1e-4, rtol=1e-4)
+
+
+def test_gpu_protocols_cover_the_reference_grid_and_the_papers_table():
+    """REFERENCE_SWEEP trains the grid whose MCCs we set beside ours, one replica batch of ten
+    seeds per gamma2 at the sweep's optimizer (lr 5e-4, batch 512); PAPER is Table 5's
+    gamma2 = 1 run (batch 64, lr 1e-5, 42k training images)."""
+    from pyro_ima.experiments import sprites_study as s
+
+    sweep = s.settings(s.REFERENCE_SWEEP)
+    assert sorted({g for st in sweep for g, _ in st["grid"]}) == sorted(s.REFERENCE_MCC)
+    assert [len({g for g, _ in st["grid"]}) for st in sweep] == [1] * 4
+    assert [len(st["grid"]) for st in sweep] == [10] * 4
+    assert (s.REFERENCE_SWEEP.lr, s.REFERENCE_SWEEP.batch_size) == (5e-4, 512)
+    paper = s.settings(s.PAPER)
+    assert [[float(g) for g, _ in st["grid"]] for st in paper] == [[1.0] * 10]
+    assert (s.PAPER.lr, s.PAPER.batch_size, int(0.7 * s.PAPER.n)) == (1e-5, 64, 42_000)

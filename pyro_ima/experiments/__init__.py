@@ -109,7 +109,7 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False, progress: 
     headline numbers (its ``headline(summary)``: e.g. ``docs/results/moebius.json``) there,
     atomically, with the study's name, size, config, fingerprint, versions and wall time.
     ``config``: a ``Config`` of the study's module in place of its ``QUICK``/``FULL`` (e.g.
-    ``sprites_study.PAPER``, the paper's GPU protocol); it is part of the cache key like any.
+    ``sprites_study.PAPER``, a GPU protocol); it is part of the cache key like any.
     """
     if name not in STUDIES:
         raise ValueError(f"name: expected one of {sorted(STUDIES)}, got {name!r}")
