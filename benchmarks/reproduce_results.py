@@ -231,7 +231,7 @@ def _sprites_report(vae, guide, ds, label: str, t0: float, last: int | None = No
             with torch.no_grad():
                 corr = metrics.mcc(z, guide.point_estimate(x)).correlations
             print("|corr| of each factor (row) with latents z0..z3:")
-            for name, row in zip(sprites.FACTORS, corr, strict=True):
+            for name, row in zip(("x", "y", "size", "hue"), corr, strict=True):
                 print(f"  {name:>5}: " + "  ".join(f"{c:.2f}" for c in row), flush=True)
     return report
 
@@ -266,9 +266,14 @@ def sprites_oracle(args) -> None:
     gamma2 = 1, the generator's prior, 4,200 training images. Arm 1: the decoder fitted to map
     the true factors to their images and the encoder's mean to their logits (squared error,
     Adam at 1e-3, batch 64, ``--sup-epochs`` epochs), then ``--epochs`` of ELBO training
-    (lr 1e-3); arm 2: the same networks from their random initialization, the same ELBO
-    training. MCC per factor and validation ELBO every 2 epochs. ``--arm`` runs one of them."""
+    (``--lr``, default 1e-3; ``--batch-size``, default 64); arm 2: the same networks from their
+    random initialization (``--sprites-init xavier``: the official code's), the same ELBO
+    training. MCC per factor and validation ELBO every 2 epochs, and after the last epoch each
+    factor's |correlation| with each latent. ``--arm`` runs one of them."""
     from pyro_ima import inference
+    if (args.batch_size or 64) > 4200:
+        raise SystemExit(f"--batch-size: expected at most 4200 (the training images), got "
+                         f"{args.batch_size}")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     epochs = args.epochs or 30
     t0 = time.perf_counter()
@@ -355,6 +360,16 @@ def _at_least_one(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
     return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
 
 
 def _mixings(text: str) -> str:
@@ -507,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
                                     "tau-joint", "conjectures", "guide-families"])
     p.add_argument("--out-root", default="runs/results",
                    help="elbo-vs-lima, conjectures, guide-families: where the studies write")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=_positive_float, default=None,
                    help="moebius-protocol: 3e-3 by default; sprites-long, sprites-oracle "
                         "(ELBO training): 1e-3")
     p.add_argument("--batch-size", type=_at_least_one, default=None,

@@ -164,3 +164,33 @@ def test_sprites_xavier_init_redraws_every_linear_weight_as_the_official_code(re
     torch.testing.assert_close(vae0.decoder.mlp[0].weight,
                                models.ConvDecoder(4, seed=0).mlp[0].weight)
     assert float(vae0.decoder.mlp[0].weight.detach().abs().max()) > 0.4
+
+
+def test_sprites_oracle_passes_its_optimizer_options_and_prints_the_correlations(
+        reproduce, monkeypatch, tmp_path, capsys):
+    import dataclasses
+
+    from pyro_ima import inference, sprites
+    real_dataset, real_fit, seen = sprites.sprites_dataset, inference.fit, []
+    monkeypatch.setattr(sprites, "sprites_dataset", lambda cfg: real_dataset(
+        dataclasses.replace(cfg, n=60), cache_dir=tmp_path))  # 42 training images
+
+    def fit(*args, **kwargs):
+        seen.append((kwargs["lr"], kwargs["batch_size"], kwargs["epochs"]))
+        return real_fit(*args, **kwargs)
+    monkeypatch.setattr(inference, "fit", fit)
+    reproduce.main(["sprites-oracle", "--arm", "random", "--epochs", "2", "--lr", "2e-4",
+                    "--batch-size", "8", "--threads", "1"])
+    assert seen == [(2e-4, 8, 2)]
+    out = capsys.readouterr().out
+    assert "epoch 2: MCC" in out
+    rows = out.split("|corr| of each factor (row) with latents z0..z3:\n")[1].splitlines()
+    assert [r.split(":")[0].strip() for r in rows] == ["x", "y", "size", "hue"]
+    assert all(0 <= float(c) <= 1 for r in rows for c in r.split(":")[1].split())
+    with pytest.raises(SystemExit, match="--batch-size: expected at most 4200"):
+        reproduce.main(["sprites-oracle", "--batch-size", "5000"])
+    assert seen == [(2e-4, 8, 2)]  # refused before any work
+    for bad in ("0", "-1e-3", "nan", "fast"):
+        with pytest.raises(SystemExit):
+            reproduce.main(["sprites-oracle", "--lr", bad])
+    assert "--lr: expected a finite number > 0" in capsys.readouterr().err

@@ -251,6 +251,9 @@ def test_gpu_protocols_cover_the_reference_grid_and_the_papers_table():
     assert [len({g for g, _ in st["grid"]}) for st in sweep] == [1] * 4
     assert [len(st["grid"]) for st in sweep] == [10] * 4
     assert (s.REFERENCE_SWEEP.lr, s.REFERENCE_SWEEP.batch_size) == (5e-4, 512)
+    # 700 epochs, measured every 25 as the sweep validated
+    assert (s.REFERENCE_SWEEP.epochs, s.REFERENCE_SWEEP.epochs // s.REFERENCE_SWEEP.checkpoints,
+            s.REFERENCE_SWEEP.patience) == (700, 25, None)
     paper = s.settings(s.PAPER)
     assert [[float(g) for g, _ in st["grid"]] for st in paper] == [[1.0] * 10]
     assert (s.PAPER.lr, s.PAPER.batch_size, int(0.7 * s.PAPER.n)) == (1e-5, 64, 42_000)
