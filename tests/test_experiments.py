@@ -314,6 +314,20 @@ def test_sprites_quick_runs_and_reports_per_factor_mcc(tmp_path, monkeypatch):
     assert h["mcc_mean"] == s["mcc"] and h["mcc_per_factor"]["size"] == s["mcc_scale"]
     assert set(h["mcc_per_factor"]) == {"x", "y", "size", "hue"}
     assert h["geometry"] == "triangle"  # named in the figure's caption too
+    # the reference's own measure: each seed's MCC at its best validation ELBO checkpoint
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    checkpoints = sorted({r["epoch"] for r in rows})
+    assert len(checkpoints) == 2
+    best = []
+    for seed in (0, 1):
+        elbo = {r["epoch"]: r["value"] for r in rows
+                if r["seed"] == seed and r["metric"] == "val_elbo"}
+        assert set(elbo) == set(checkpoints)
+        e = max(elbo, key=elbo.get)
+        best += [r["value"] for r in rows
+                 if r["seed"] == seed and r["epoch"] == e and r["metric"] == "mcc"]
+    assert h["mcc_at_best_val_elbo_by_gamma2"]["1"] == pytest.approx(sum(best) / 2)
+    assert s["mcc_at_best_val_elbo"] == h["mcc_at_best_val_elbo_by_gamma2"]["1"]
     assert (out / "sprites.png").exists()
     assert (out / "traversal_gamma2_1_seed0.png").exists()
     assert (out / "traversal_gamma2_1_seed1.png").exists()

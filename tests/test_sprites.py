@@ -257,3 +257,22 @@ def test_gpu_protocols_cover_the_reference_grid_and_the_papers_table():
     paper = s.settings(s.PAPER)
     assert [[float(g) for g, _ in st["grid"]] for st in paper] == [[1.0] * 10]
     assert (s.PAPER.lr, s.PAPER.batch_size, int(0.7 * s.PAPER.n)) == (1e-5, 64, 42_000)
+
+
+def test_mcc_at_best_val_elbo_takes_each_seeds_best_checkpoint_as_the_reference():
+    from pyro_ima.experiments import sprites_study as s
+
+    def rows(seed, epochs, elbos, mccs):
+        out = []
+        for e, v, m in zip(epochs, elbos, mccs, strict=True):
+            out += [{"seed": seed, "gamma2": 1.0, "epoch": e, "metric": "mcc", "value": m}]
+            if v is not False:  # False: cached before the validation ELBO was recorded
+                out += [{"seed": seed, "gamma2": 1.0, "epoch": e, "metric": "val_elbo",
+                         "value": v}]
+        return out
+    # seed 0: best ELBO at epoch 4, neither the last checkpoint nor the best MCC
+    table = (rows(0, [2, 4, 6], [-10.0, -5.0, -7.0], [0.5, 0.9, 0.95])
+             + rows(1, [2, 4, 6], [False] * 3, [0.1, 0.2, 0.3])
+             + rows(2, [2, 4, 6], [-3.0, None, -4.0], [None, 0.7, 0.8])  # failed at its best
+             + rows(3, [2, 4, 6], [-1.0, -2.0, -3.0], [0.4, 0.5, 0.6]))
+    assert s.mcc_at_best_val_elbo(table) == {0: 0.9, 3: 0.4}
