@@ -176,9 +176,16 @@ def mcc_at_best_val_elbo(rows: list[dict]) -> dict[int, float]:
     for seed in sorted({r["seed"] for r in rows}):
         at = {(r["epoch"], r["metric"]): r["value"] for r in rows if r["seed"] == seed}
         elbos = [(v, e) for (e, m), v in at.items() if m == "val_elbo" and v is not None]
-        if elbos and at.get((max(elbos)[1], "mcc")) is not None:
-            out[seed] = float(at[(max(elbos)[1], "mcc")])
+        mcc = at.get((max(elbos)[1], "mcc")) if elbos else None
+        if mcc is not None:
+            out[seed] = float(mcc)
     return out
+
+
+def _mean_sd(values) -> tuple[float, float]:
+    """Mean and sample sd (0 for a single value)."""
+    vals = np.asarray(values, dtype=float)
+    return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -191,15 +198,13 @@ def summarize(rows: list[dict]) -> dict:
         mine = [r for r in final if float(r["gamma2"]) == g]
         stats_ = {}
         for m in _METRICS:
-            vals = np.array([r["value"] for r in mine if r["metric"] == m])
-            stats_[m] = float(vals.mean())
-            stats_[f"{m}_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            stats_[m], stats_[f"{m}_sd"] = _mean_sd([r["value"] for r in mine
+                                                     if r["metric"] == m])
         stats_["seeds"] = len({r["seed"] for r in mine})
-        best = list(mcc_at_best_val_elbo([r for r in rows if float(r["gamma2"]) == g]).values())
+        best = mcc_at_best_val_elbo([r for r in rows if float(r["gamma2"]) == g])
         if best:
-            stats_["mcc_at_best_val_elbo"] = float(np.mean(best))
-            stats_["mcc_at_best_val_elbo_sd"] = float(np.std(best, ddof=1)) if len(best) > 1 \
-                else 0.0
+            stats_["mcc_at_best_val_elbo"], stats_["mcc_at_best_val_elbo_sd"] = \
+                _mean_sd(list(best.values()))
         by[g] = stats_
     # the sprite's geometry (rows cached before it was recorded have none)
     geometry = next((r["geometry"] for r in rows if "geometry" in r), None)
