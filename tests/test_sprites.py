@@ -274,5 +274,17 @@ def test_mcc_at_best_val_elbo_takes_each_seeds_best_checkpoint_as_the_reference(
     table = (rows(0, [2, 4, 6], [-10.0, -5.0, -7.0], [0.5, 0.9, 0.95])
              + rows(1, [2, 4, 6], [False] * 3, [0.1, 0.2, 0.3])
              + rows(2, [2, 4, 6], [-3.0, None, -4.0], [None, 0.7, 0.8])  # failed at its best
-             + rows(3, [2, 4, 6], [-1.0, -2.0, -3.0], [0.4, 0.5, 0.6]))
+             + rows(3, [2, 4, 6], [-1.0, -2.0, -3.0], [0.4, 0.5, 0.6])
+             + rows(4, [2, 4, 6], [-1.0, -2.0, -3.0], [0.4, 0.5, 0.6]))
+    for r in table:  # seed 4 failed at its last checkpoint (finite values before it)
+        r["failed"] = r["seed"] == 4 and r["epoch"] == 6
     assert s.mcc_at_best_val_elbo(table) == {0: 0.9, 3: 0.4}
+    other = [{**r, "gamma2": 10.0, "seed": 0} for r in rows(0, [2], [0.0], [0.1])]
+    with pytest.raises(ValueError, match="rows: expected the rows of one gamma2"):
+        s.mcc_at_best_val_elbo(table + other)
+    summary = s.summarize([{**r, "metric": m} for r in table if r["metric"] == "mcc"
+                           for m in s._METRICS] + [r for r in table if r["metric"] == "val_elbo"])
+    assert summary["by_gamma2"][1.0]["mcc_at_best_val_elbo"] == pytest.approx(0.65)
+    assert summary["by_gamma2"][1.0]["mcc_at_best_val_elbo_seeds"] == 2
+    assert summary["by_gamma2"][1.0]["failed"] == 1  # seed 4, left out of the means
+    assert summary["by_gamma2"][1.0]["mcc"] == pytest.approx((0.95 + 0.3 + 0.8 + 0.6) / 4)

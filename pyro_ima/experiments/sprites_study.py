@@ -140,14 +140,20 @@ def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dic
         failed |= fit.failed
         m = inference.evaluate(vae, guide, x, z, metrics=("mcc", "contrasts"),
                                config=inference.EvalConfig(jacobian_chunk=50))
-        # the validation ELBO of the state measured (fit keeps each replica's best of the
-        # chunk), so the summary can also report the MCC at the best one, as the reference
-        values = {"mcc": m["mcc_pearson"], "c_ima": m["c_ima"], "val_elbo": fit.best_val_elbo,
+        values = {"mcc": m["mcc_pearson"], "c_ima": m["c_ima"],
                   **{f"mcc_{name}": m[f"mcc_factor{k}"]
                      for k, name in enumerate(sprites.FACTORS)}}
-        rows += inference.tidy_rows(values, {"seed": seeds, "gamma2": g2s}, failed=failed,
-                                    study="sprites", epoch=start + fit.epochs_run,
-                                    geometry=cfg.geometry)
+        labels = {"seed": seeds, "gamma2": g2s}
+        const = dict(study="sprites", epoch=start + fit.epochs_run, geometry=cfg.geometry)
+        rows += inference.tidy_rows(values, labels, failed=failed, **const)
+        # the validation ELBO of the state measured (fit restores each replica's best of the
+        # chunk), so the summary can also give the MCC at the best one, as the reference does;
+        # none for a replica that did not validate in the chunk
+        elbo = fit.best_val_elbo
+        done = ~torch.isnan(elbo)
+        rows += [row for row in inference.tidy_rows(
+                     {"val_elbo": torch.where(done, elbo, 0.0)}, labels, failed=failed, **const)
+                 if done[row["replica"]]]
     if rt.out_dir is not None:
         with torch.no_grad():
             z_hat = guide.point_estimate(x.to(vae.device, vae.dtype))  # (R, N, d)
@@ -169,12 +175,19 @@ _METRICS = ["mcc", "c_ima"] + [f"mcc_{f}" for f in sprites.FACTORS]
 
 
 def mcc_at_best_val_elbo(rows: list[dict]) -> dict[int, float]:
-    """Per seed (of one gamma2), the MCC at the checkpoint with the highest validation ELBO,
-    what the reference sweep reports (``mcc4min_neg_elbo``); rows without a validation ELBO
-    (cached before it was recorded) or of failed replicas give none."""
+    """Per seed of one gamma2, the MCC at the checkpoint with the highest validation ELBO,
+    what the reference sweep reports (``mcc4min_neg_elbo``). Seeds without a validation ELBO
+    (rows cached before it was recorded) and seeds whose training failed at any checkpoint
+    give none."""
+    gamma2s = sorted({float(r["gamma2"]) for r in rows})
+    if len(gamma2s) > 1:
+        raise ValueError(f"rows: expected the rows of one gamma2, got {gamma2s}")
     out = {}
     for seed in sorted({r["seed"] for r in rows}):
-        at = {(r["epoch"], r["metric"]): r["value"] for r in rows if r["seed"] == seed}
+        mine = [r for r in rows if r["seed"] == seed]
+        if any(r.get("failed") for r in mine):
+            continue
+        at = {(r["epoch"], r["metric"]): r["value"] for r in mine}
         elbos = [(v, e) for (e, m), v in at.items() if m == "val_elbo" and v is not None]
         mcc = at.get((max(elbos)[1], "mcc")) if elbos else None
         if mcc is not None:
@@ -182,9 +195,12 @@ def mcc_at_best_val_elbo(rows: list[dict]) -> dict[int, float]:
     return out
 
 
-def _mean_sd(values) -> tuple[float, float]:
-    """Mean and sample sd (0 for a single value)."""
-    vals = np.asarray(values, dtype=float)
+def _mean_sd(values, name: str) -> tuple[float, float]:
+    """Mean and sample sd (0 for a single value); a ``ValueError`` naming ``name`` when there
+    is no value (every replica failed)."""
+    vals = np.array(list(values), dtype=float)
+    if not len(vals):
+        raise ValueError(f"{name}: no replica has a value (every one failed)")
     return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
 
 
@@ -198,13 +214,17 @@ def summarize(rows: list[dict]) -> dict:
         mine = [r for r in final if float(r["gamma2"]) == g]
         stats_ = {}
         for m in _METRICS:
+            # a failed replica's numbers are not used (FitResult.failed)
             stats_[m], stats_[f"{m}_sd"] = _mean_sd([r["value"] for r in mine
-                                                     if r["metric"] == m])
+                                                     if r["metric"] == m and not r.get("failed")],
+                                                    f"{m} at gamma2 {g:g}")
         stats_["seeds"] = len({r["seed"] for r in mine})
+        stats_["failed"] = len({r["seed"] for r in mine if r.get("failed")})
         best = mcc_at_best_val_elbo([r for r in rows if float(r["gamma2"]) == g])
         if best:
             stats_["mcc_at_best_val_elbo"], stats_["mcc_at_best_val_elbo_sd"] = \
-                _mean_sd(list(best.values()))
+                _mean_sd(best.values(), "mcc_at_best_val_elbo")
+            stats_["mcc_at_best_val_elbo_seeds"] = len(best)
         by[g] = stats_
     # the sprite's geometry (rows cached before it was recorded have none)
     geometry = next((r["geometry"] for r in rows if "geometry" in r), None)
@@ -215,7 +235,8 @@ def summarize(rows: list[dict]) -> dict:
 def headline(summary: dict) -> dict:
     """What ``--summary-to`` commits (``docs/results/sprites.json``): mean MCC and per-factor
     MCC at gamma2 = 1 (the paper's Fig. 5 setting; else the first gamma2), MCC by gamma2 with
-    the reference sweep's values."""
+    the reference sweep's values, all at the last checkpoint; and by gamma2 the mean MCC at each
+    seed's best validation ELBO, the reference's own measure (``None`` where not recorded)."""
     by = {float(g): v for g, v in summary["by_gamma2"].items()}
     g0 = 1.0 if 1.0 in by else min(by)
     names = {"x": "x", "y": "y", "scale": "size", "hue": "hue"}
