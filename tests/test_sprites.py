@@ -288,3 +288,29 @@ def test_mcc_at_best_val_elbo_takes_each_seeds_best_checkpoint_as_the_reference(
     assert summary["by_gamma2"][1.0]["mcc_at_best_val_elbo_seeds"] == 2
     assert summary["by_gamma2"][1.0]["failed"] == 1  # seed 4, left out of the means
     assert summary["by_gamma2"][1.0]["mcc"] == pytest.approx((0.95 + 0.3 + 0.8 + 0.6) / 4)
+
+
+def test_a_replica_not_validated_in_a_chunk_gets_no_val_elbo_row(tmp_path, monkeypatch):
+    # fit reports NaN as the best validation ELBO of a replica that never validated in the
+    # chunk (e.g. a rolled-back fault); the setting must keep its other rows, not fail
+    import dataclasses
+    import math
+
+    from pyro_ima.experiments import sprites_study as s
+    monkeypatch.setenv("PYRO_IMA_CACHE", str(tmp_path))
+    real_train, calls = s.train, []
+
+    def train(*args, **kwargs):
+        fit = real_train(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # replica 1 in the first chunk only
+            fit.best_val_elbo[1] = math.nan
+        return fit
+    monkeypatch.setattr(s, "train", train)
+    cfg = dataclasses.replace(s.QUICK, n=100, epochs=2, checkpoints=2, eval_points=10)
+    rows = s.run_setting(s.settings(cfg)[0], cfg)
+    elbo = {(r["seed"], r["epoch"]) for r in rows if r["metric"] == "val_elbo"}
+    assert elbo == {(0, 1), (0, 2), (1, 2)}
+    assert {(r["seed"], r["epoch"]) for r in rows if r["metric"] == "mcc"} == \
+        {(0, 1), (0, 2), (1, 1), (1, 2)}
+    assert set(s.mcc_at_best_val_elbo(rows)) == {0, 1}
