@@ -191,13 +191,16 @@ def _LearnedBetaVAE():
     return LearnedBetaVAE
 
 
+_SPRITES_N = 6000  # the diagnostics' Sprites set: 4,200 / 1,200 / 600 images
+
+
 def _sprites_vae(geometry: str, prior: str = "true", data_seed: int = 0, init: str = "default"):
     """gamma2 = 1, the study's networks (seed 0), the 6,000-image set of ``geometry`` drawn
     under ``data_seed`` (its Beta parameters and images). ``init="xavier"``: the linear layers'
     weights redrawn Xavier-uniform, as the official code's ``weights_init`` does (biases and
     convolutions keep PyTorch's defaults)."""
     from pyro_ima import models, priors, sprites
-    ds = sprites.sprites_dataset(sprites.SpritesConfig(n=6000, seed=data_seed,
+    ds = sprites.sprites_dataset(sprites.SpritesConfig(n=_SPRITES_N, seed=data_seed,
                                                        geometry=geometry))
     a, b = sprites.default_beta_params(data_seed)
     p0 = (priors.beta(4, a=a.tolist(), b=b.tolist()) if prior == "true"
@@ -270,10 +273,12 @@ def sprites_oracle(args) -> None:
     random initialization (``--sprites-init xavier``: the official code's), the same ELBO
     training. MCC per factor and validation ELBO every 2 epochs, and after the last epoch each
     factor's |correlation| with each latent. ``--arm`` runs one of them."""
-    from pyro_ima import inference
-    if (args.batch_size or 64) > 4200:
-        raise SystemExit(f"--batch-size: expected at most 4200 (the training images), got "
-                         f"{args.batch_size}")
+    from pyro_ima import data, inference
+    batch = args.batch_size or 64
+    n_train = data.split_sizes(_SPRITES_N, sprites.SpritesConfig().split)[0]
+    if batch > n_train:
+        raise SystemExit(f"--batch-size: expected at most {n_train} (the training images), got "
+                         f"{batch}")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     epochs = args.epochs or 30
     t0 = time.perf_counter()
@@ -299,7 +304,7 @@ def sprites_oracle(args) -> None:
             print(f"{arm}: {args.sup_epochs} supervised epochs, {time.perf_counter() - t0:.0f} s",
                   flush=True)
         inference.fit(vae, guide, ds.train, ds.val, epochs=epochs,
-                      batch_size=args.batch_size or 64, lr=args.lr or 1e-3, seed=0,
+                      batch_size=batch, lr=args.lr or 1e-3, seed=0,
                       callbacks=[_sprites_report(vae, guide, ds, arm, t0, epochs)])
 
 
