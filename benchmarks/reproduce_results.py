@@ -163,34 +163,6 @@ def sprites_long(args) -> None:
     print(f"{time.perf_counter() - t:.0f} s")
 
 
-def _LearnedBetaVAE():
-    """A GaussianVAE whose Beta prior's ``(a, b)`` per latent are learned with the rest (as the
-    official code's ``fix_prior: false``), starting from the prior it is given; a diagnostic,
-    one replica only."""
-    import pyro.distributions as dist
-    from torch import nn
-
-    from pyro_ima import models
-
-    class LearnedBetaVAE(models.GaussianVAE):
-        def __init__(self, decoder, prior, *args, **kwargs):
-            base = prior.base_dist
-            log_a, log_b = base.concentration1.log(), base.concentration0.log()
-            super().__init__(decoder, prior, *args, **kwargs)
-            self.prior_log_a = nn.Parameter(log_a.clone())
-            self.prior_log_b = nn.Parameter(log_b.clone())
-
-        @property
-        def prior(self):
-            return dist.Beta(self.prior_log_a.exp(), self.prior_log_b.exp()).to_event(1)
-
-        @prior.setter
-        def prior(self, value):  # the base class sets its fixed prior; the learned one wins
-            pass
-
-    return LearnedBetaVAE
-
-
 _SPRITES_N = 6000  # the diagnostics' Sprites set: 4,200 / 1,200 / 600 images
 
 
@@ -205,7 +177,6 @@ def _sprites_vae(geometry: str, prior: str = "true", data_seed: int = 0, init: s
     a, b = sprites.default_beta_params(data_seed)
     p0 = (priors.beta(4, a=a.tolist(), b=b.tolist()) if prior == "true"
           else priors.beta(4, a=float(a.mean()), b=float(b.mean())))
-    cls = _LearnedBetaVAE() if prior == "learned" else models.GaussianVAE
     decoder, encoder = models.ConvDecoder(4, seed=0), models.ConvEncoder(8, seed=10_000)
     if init == "xavier":
         for net, seed in ((decoder, 0), (encoder, 10_000)):
@@ -213,7 +184,7 @@ def _sprites_vae(geometry: str, prior: str = "true", data_seed: int = 0, init: s
             for m in net.modules():
                 if isinstance(m, torch.nn.Linear):
                     torch.nn.init.xavier_uniform_(m.weight, generator=gen)
-    vae = cls(decoder, p0, 1.0, obs_event_dim=3)
+    vae = models.GaussianVAE(decoder, p0, 1.0, obs_event_dim=3, learn_prior=prior == "learned")
     return ds, vae, models.DiagonalGuide(vae, encoder)
 
 

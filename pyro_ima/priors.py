@@ -6,12 +6,14 @@ import math
 
 import pyro.distributions as dist
 import torch
-from torch.distributions import constraints
+from torch import nn
+from torch.distributions import biject_to, constraints
 from torch.distributions.transforms import AffineTransform
 
 from ._utils import check_int, check_positive
 
-__all__ = ["gaussian", "laplace", "logistic", "uniform", "beta", "BoxBeta", "PRIORS"]
+__all__ = ["gaussian", "laplace", "logistic", "uniform", "beta", "BoxBeta", "PRIORS",
+           "LearnablePrior"]
 
 
 def _dim(dim):
@@ -88,3 +90,59 @@ def beta(dim: int, a=2.0, b=2.0, low: float = 0.0, high: float = 1.0) -> dist.Di
 
 PRIORS = {"gaussian": gaussian, "laplace": laplace, "logistic": logistic, "uniform": uniform,
           "beta": beta}
+
+
+def _coordinates(prior: dist.Distribution):
+    """``(base, rebuild)``: the univariate distribution of batch shape ``(d,)`` behind a prior of
+    independent coordinates, and the map from such a base back to a prior of the same kind."""
+    if isinstance(prior, BoxBeta):
+        return prior.base_dist.base_dist, lambda b: BoxBeta(b.concentration1, b.concentration0,
+                                                            prior.low, prior.high)
+    if isinstance(prior, torch.distributions.Independent) \
+            and prior.reinterpreted_batch_ndims == 1 and len(prior.base_dist.batch_shape) == 1:
+        return prior.base_dist, lambda b: dist.Independent(b, 1)
+    raise ValueError("prior: learn_prior needs a prior of independent coordinates (a "
+                     "univariate distribution .to_event(1), or BoxBeta), "
+                     f"got {type(prior).__name__}")
+
+
+class LearnablePrior(nn.Module):
+    """The parameters of a prior of independent coordinates, learned per replica.
+
+    Every parameter of the coordinates' family (``arg_constraints``: a Normal's or Laplace's
+    ``loc`` and ``scale``, a Beta's two concentrations) becomes an unconstrained
+    ``nn.Parameter`` of shape ``(R, 1, d)`` through the constraint's bijection
+    (``torch.distributions.biject_to``), starting at ``prior``'s values, so a prior with a
+    positive scale keeps it positive. Calling the module gives the prior with batch shape
+    ``(R, 1)`` (one per replica, broadcast over the data plate). Families whose support depends
+    on their parameters (a uniform's bounds) are refused: the data could fall outside it.
+    The official code's ``fix_prior: false`` learns a Beta prior's ``(a, b)`` this way (as
+    ``|t| + 2`` of an output ``t``; here they only stay positive).
+    """
+
+    def __init__(self, prior: dist.Distribution, replicas: int):
+        super().__init__()
+        base, self._rebuild = _coordinates(prior)
+        self._family = type(base)
+        self._constraints = {}
+        if constraints.is_dependent(getattr(self._family, "support", None)):
+            raise ValueError(f"prior: cannot learn a {self._family.__name__} prior: its "
+                             "parameters set its support (choose a family with a fixed "
+                             "support, e.g. priors.beta)")
+        d = base.batch_shape[0]
+        for name, c in base.arg_constraints.items():
+            raw = biject_to(c).inv(getattr(base, name).detach().expand(d))
+            self.register_parameter(f"raw_{name}",
+                                    nn.Parameter(raw.expand(replicas, 1, d).clone()))
+            self._constraints[name] = c
+
+    def forward(self) -> dist.Distribution:
+        values = {name: biject_to(c)(getattr(self, f"raw_{name}"))
+                  for name, c in self._constraints.items()}
+        return self._rebuild(self._family(**values))
+
+    def values(self) -> dict[str, torch.Tensor]:
+        """The learned parameters in their own (constrained) form, ``(R, d)`` each."""
+        with torch.no_grad():
+            return {name: biject_to(c)(getattr(self, f"raw_{name}")).squeeze(1).detach()
+                    for name, c in self._constraints.items()}

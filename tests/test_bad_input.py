@@ -69,6 +69,13 @@ CASES = {
         models.MLP(3, 3, replicas=3), priors.gaussian(3), torch.ones(2), replicas=3),
         ValueError, "gamma2"),
     "beta_negative": (lambda t: _vae(beta=-1.0), ValueError, "beta"),
+    "learn_prior_not_bool": (lambda t: models.GaussianVAE(
+        models.MLP(3, 3), priors.beta(3), 1.0, learn_prior="yes"), TypeError, "learn_prior"),
+    "learn_prior_uniform": (lambda t: models.GaussianVAE(
+        models.MLP(3, 3), priors.uniform(3), 1.0, learn_prior=True), ValueError, "prior"),
+    "learn_prior_not_independent": (lambda t: models.GaussianVAE(
+        models.MLP(2, 2), torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2)),
+        1.0, learn_prior=True), ValueError, "prior"),
     "prior_event_shape": (lambda t: models.GaussianVAE(
         models.MLP(3, 3), torch.distributions.Normal(0.0, 1.0), 1.0), ValueError, "prior"),
     "decoder_not_callable": (lambda t: models.GaussianVAE(3, priors.gaussian(3), 1.0),

@@ -166,6 +166,21 @@ def test_sprites_xavier_init_redraws_every_linear_weight_as_the_official_code(re
     assert float(vae0.decoder.mlp[0].weight.detach().abs().max()) > 0.4
 
 
+def test_sprites_diagnostic_priors_start_where_documented(reproduce, monkeypatch):
+    # "learned": the symmetric Beta (the mean of the generator's (a, b)) as the start of the
+    # library's learned prior; "true": the generator's own, fixed
+    from pyro_ima import sprites
+    monkeypatch.setattr(sprites, "sprites_dataset", lambda cfg: None)  # networks only
+    a, b = sprites.default_beta_params(0)
+    _, vae, _ = reproduce._sprites_vae("triangle", prior="learned")
+    start = vae.learned_prior.values()
+    torch.testing.assert_close(start["concentration1"], torch.full((1, 4), float(a.mean())))
+    torch.testing.assert_close(start["concentration0"], torch.full((1, 4), float(b.mean())))
+    _, fixed, _ = reproduce._sprites_vae("triangle")
+    assert fixed.learned_prior is None and list(fixed.prior.base_dist.concentration1) == \
+        pytest.approx(list(a))
+
+
 def test_sprites_oracle_passes_its_optimizer_options_and_prints_the_correlations(
         reproduce, monkeypatch, tmp_path, capsys):
     import dataclasses

@@ -126,3 +126,18 @@ def test_cli_trains_and_evaluates_in_float64(tmp_path, capsys):
     assert main(["evaluate", str(out), "--dtype", "float64"]) == 0
     assert main(["train", *tiny, "--device", "nonsense", "--out", str(out)]) == 2
     assert "device" in capsys.readouterr().err
+
+
+def test_a_learned_prior_follows_the_model_and_keeps_its_values():
+    vae = models.GaussianVAE(models.MLP(2, 3, (4,)), priors.beta(2, a=3.0, b=2.0), 1.0,
+                             learn_prior=True)
+    with torch.no_grad():
+        vae.learned_prior.raw_concentration1.add_(0.5)
+    before = vae.learned_prior.values()
+    vae.double()
+    assert vae.prior.base_dist.concentration1.dtype == torch.float64
+    assert_close(vae.learned_prior.values()["concentration1"], before["concentration1"],
+                 atol=1e-6)
+    assert float(before["concentration1"][0, 0]) == pytest.approx(3.0 * np.exp(0.5), rel=1e-5)
+    vae.float()
+    assert vae.prior.base_dist.concentration0.dtype == torch.float32

@@ -386,3 +386,22 @@ def test_fingerprint_leaves_out_later_fields_only_at_their_defaults():
                    {"learned_prior_scale": 1.0}, {"patience": 10}):
         assert study_fingerprint("guide_families", False, dataclasses.replace(cfg, **change),
                                  "float32") != fp, change
+
+
+def test_the_sprites_fingerprint_leaves_out_learn_prior_only_at_its_default():
+    # the committed Sprites runs (docs/results/sprites.json) came before `learn_prior`: their
+    # directories must still resume at the default, and a learned-prior run must not reuse them
+    import dataclasses
+    import hashlib
+    import json
+
+    from pyro_ima import __version__
+    from pyro_ima.experiments import sprites_study, study_fingerprint
+    cfg = sprites_study.FULL
+    old = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "learn_prior"}
+    text = json.dumps({"study": "sprites", "quick": False, "config": old,
+                       "dtype": "float32", "version": __version__}, sort_keys=True, default=list)
+    fp = study_fingerprint("sprites", False, cfg, "float32")
+    assert fp == hashlib.sha256(text.encode()).hexdigest()[:20]
+    assert study_fingerprint("sprites", False, dataclasses.replace(cfg, learn_prior=True),
+                             "float32") != fp

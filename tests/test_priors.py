@@ -59,3 +59,33 @@ def test_dataset_save_load_round_trip_and_refusals(tmp_path):
     torch.save({"hello": 1}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="not a pyro-ima dataset"):
         data.load_dataset(tmp_path / "foreign.pt")
+
+
+def test_learnable_prior_densities_match_scipy_and_keep_their_constraints():
+    # the learned Beta's density is scipy's at the learned (a, b), per replica; a box-Beta's
+    # through the affine map; concentrations and scales stay positive whatever the raw values
+    learned = priors.LearnablePrior(priors.beta(3, a=[2.0, 3.0, 4.0], b=5.0), replicas=2)
+    with torch.no_grad():
+        learned.raw_concentration1[1].fill_(-3.0)  # replica 1: a = exp(-3) > 0
+    z = torch.tensor([[0.2, 0.5, 0.9]])
+    lp = learned().log_prob(z).detach()  # (R, 1)
+    a, b = learned.values()["concentration1"], learned.values()["concentration0"]
+    assert bool((a > 0).all()) and a[0].tolist() == pytest.approx([2.0, 3.0, 4.0], rel=1e-5)
+    for r in range(2):
+        ref = stats.beta(a[r].numpy(), b[r].numpy()).logpdf(z[0].numpy()).sum()
+        assert float(lp[r, 0]) == pytest.approx(ref, rel=1e-5)
+    box = priors.LearnablePrior(priors.beta(2, a=2.0, b=3.0, low=-1.0, high=3.0), replicas=1)
+    u = torch.tensor([0.0, 2.0])
+    ref = stats.beta(2.0, 3.0, loc=-1.0, scale=4.0).logpdf(u.numpy()).sum()
+    assert float(box().log_prob(u).detach()) == pytest.approx(ref, rel=1e-5)
+    normal = priors.LearnablePrior(priors.gaussian(2, scale=0.5), replicas=3)
+    assert normal().batch_shape == (3, 1) and normal().event_shape == (2,)
+    assert_close(normal.values()["scale"], torch.full((3, 2), 0.5), atol=1e-6)
+
+
+def test_learnable_prior_refuses_what_it_cannot_learn():
+    with pytest.raises(ValueError, match="prior: cannot learn a Uniform prior"):
+        priors.LearnablePrior(priors.uniform(2), replicas=1)
+    mvn = torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2))
+    with pytest.raises(ValueError, match="prior: learn_prior needs a prior of independent"):
+        priors.LearnablePrior(mvn, replicas=1)

@@ -188,9 +188,9 @@ class AmortizedGaussianGuide(nn.Module):
     @property
     def bijection(self) -> Transform | None:
         """The prior's support bijection ``T`` (follows the model's device and dtype)."""
-        prior = self.model.prior
-        if getattr(self, "_bijection_of", None) is not prior:
-            self._bijection, self._bijection_of = support_bijection(prior.support), prior
+        support = self.model.prior_support
+        if getattr(self, "_bijection_of", None) is not support:
+            self._bijection, self._bijection_of = support_bijection(support), support
         return self._bijection
 
     # -- family interface -------------------------------------------------------------------

@@ -13,8 +13,10 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import nn
+from torch.distributions import constraints
 
 from .._utils import as_tensor_on, check_int, check_positive, map_tensors, replica_count, to_like
+from ..priors import LearnablePrior
 
 __all__ = ["VAE", "GaussianVAE", "BernoulliVAE", "data_plates", "unique_name",
            "squeezes_replicas"]
@@ -106,11 +108,16 @@ class VAE(nn.Module):
         replicas: ``R``, or ``None`` for one replica squeezed on return.
         obs_event_dim: how many trailing dims of ``x`` form one observation (1 for vectors,
             3 for images).
+        learn_prior: learn the prior's parameters per replica, starting from ``prior``'s
+            (:class:`pyro_ima.priors.LearnablePrior`: independent coordinates of a family with
+            a fixed support, e.g. ``priors.beta``, ``priors.gaussian``); ``vae.prior`` then
+            has batch shape ``(R, 1)``.
     """
 
     def __init__(self, decoder: Callable[[torch.Tensor], torch.Tensor],
                  prior: dist.Distribution, *, beta=1.0, fixed_decoder: bool = False,
-                 replicas: int | None = None, obs_event_dim: int = 1):
+                 replicas: int | None = None, obs_event_dim: int = 1,
+                 learn_prior: bool = False):
         super().__init__()
         if not callable(decoder):
             raise TypeError("decoder: expected a callable or nn.Module, "
@@ -122,6 +129,8 @@ class VAE(nn.Module):
             raise ValueError(f"prior: expected event shape (d,), got {tuple(prior.event_shape)}; "
                              "use .to_event(1) on a batch of univariate distributions")
         check_int("obs_event_dim", obs_event_dim)
+        if not isinstance(learn_prior, bool):
+            raise TypeError(f"learn_prior: expected True or False, got {learn_prior!r}")
         R = replica_count(replicas)
         decoder_replicas = getattr(decoder, "replicas", None)
         if decoder_replicas is not None and decoder_replicas != R:
@@ -142,6 +151,8 @@ class VAE(nn.Module):
         else:  # keep a fixed decoder out of this module's parameters
             object.__setattr__(self, "decoder", decoder)
         self._follow_buffers()
+        # after the buffers: starts from the prior on the model's device and dtype
+        self.learned_prior = LearnablePrior(self._fixed_prior, R) if learn_prior else None
         self.pyro_name = unique_name("vae")
 
     def set_beta(self, beta) -> None:
@@ -165,7 +176,8 @@ class VAE(nn.Module):
         from the objects given at construction (so float64 given stays exact through float32
         and back)."""
         fn = to_like(self.beta)
-        self.prior = map_tensors(self._prior_source, fn)
+        self._fixed_prior = map_tensors(self._prior_source, fn)
+        self._support = self._fixed_prior.support  # one object, so guides can cache on it
         if isinstance(self.decoder, nn.Module):
             if not self.decoder_trainable:
                 self.decoder._apply(fn)
@@ -176,6 +188,19 @@ class VAE(nn.Module):
         super()._apply(fn, recurse)
         self._follow_buffers()
         return self
+
+    @property
+    def prior(self) -> dist.Distribution:
+        """The latent prior: the one given (on the model's device and dtype), or with
+        ``learn_prior`` the learned one (batch shape ``(R, 1)``)."""
+        if self.learned_prior is not None:
+            return self.learned_prior()
+        return self._fixed_prior
+
+    @property
+    def prior_support(self) -> constraints.Constraint:
+        """The prior's support (fixed: a learned prior keeps the given one's)."""
+        return self._support
 
     # -- the observation model ----------------------------------------------------------------
     def likelihood(self, z: torch.Tensor) -> dist.Distribution:
@@ -278,9 +303,11 @@ class GaussianVAE(VAE):
     def __init__(self, decoder: Callable[[torch.Tensor], torch.Tensor],
                  prior: dist.Distribution, gamma2=1.0, *, learn_noise: bool = False,
                  data_dim: int | None = None, beta=1.0, fixed_decoder: bool = False,
-                 replicas: int | None = None, obs_event_dim: int = 1):
+                 replicas: int | None = None, obs_event_dim: int = 1,
+                 learn_prior: bool = False):
         super().__init__(decoder, prior, beta=beta, fixed_decoder=fixed_decoder,
-                         replicas=replicas, obs_event_dim=obs_event_dim)
+                         replicas=replicas, obs_event_dim=obs_event_dim,
+                         learn_prior=learn_prior)
         self.register_buffer("gamma2", _per_replica("gamma2", gamma2, self.replicas,
                                                     self._like))
         self.learn_noise = learn_noise
