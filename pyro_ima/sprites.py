@@ -38,7 +38,7 @@ import torch
 from matplotlib.colors import hsv_to_rgb
 
 from ._utils import check_int, derive_seed
-from .data import Dataset, Split
+from .data import Dataset, Split, split_sizes
 from .fileio import atomic_write_bytes
 from .priors import beta as beta_prior
 
@@ -208,6 +208,7 @@ def sprites_dataset(cfg: SpritesConfig = SpritesConfig(), cache_dir=None) -> Dat
     path = cache / f"sprites-{cfg.key()}.npz"
     a, b = (default_beta_params(cfg.seed) if cfg.a is None or cfg.b is None
             else (np.asarray(cfg.a, float), np.asarray(cfg.b, float)))
+    n_train, n_val, _ = split_sizes(cfg.n, cfg.split)  # refuses a split too small, before work
     images = factors = None
     if path.exists():
         try:
@@ -224,7 +225,6 @@ def sprites_dataset(cfg: SpritesConfig = SpritesConfig(), cache_dir=None) -> Dat
         np.savez(buf, images=images, factors=factors)
         atomic_write_bytes(path, buf.getvalue())
     perm = np.random.default_rng(derive_seed(cfg.seed, _SPLIT_STREAM)).permutation(cfg.n)
-    n_train, n_val = int(round(cfg.split[0] * cfg.n)), int(round(cfg.split[1] * cfg.n))
     parts = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
     splits = [Split(torch.from_numpy(images[p]).float().div_(255),
                     torch.from_numpy(factors[p]).float()) for p in parts]

@@ -101,6 +101,8 @@ CASES = {
                               ValueError, "batching"),
     "conv_input_replicas": (lambda t: models.ConvEncoder(6, channels=4, hidden=8, replicas=2)(
         torch.rand(3, 5, 3, 64, 64)), ValueError, "x"),
+    "sprites_dataset_too_small": (lambda t: sprites.sprites_dataset(
+        sprites.SpritesConfig(n=10), cache_dir=t), ValueError, "n"),
     "sprites_geometry_unknown": (lambda t: sprites.render(np.full((2, 4), 0.5),
                                                           geometry="spriteworld"),
                                  ValueError, "geometry"),

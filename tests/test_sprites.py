@@ -363,3 +363,20 @@ def test_sprites_study_learns_the_prior_when_asked(tmp_path, monkeypatch):
     assert learned["concentration1"].shape == (2, 4)
     assert float((learned["concentration1"] - torch.as_tensor(a).float()).abs().max()) > 1e-4
     assert len(list(tmp_path.glob("traversal_*.png"))) == 2
+
+
+def test_table_and_claim_set_the_reference_beside_the_mcc_at_the_best_validation_elbo():
+    # the reference reports its MCC at the best validation ELBO: ours at the same measure must
+    # be printed beside it (and the last checkpoint's kept apart); older summaries have none
+    from pyro_ima.experiments import sprites_study as s
+    per = {f"mcc_{f}": 0.5 for f in sprites.FACTORS}
+    summary = {"epochs": 12, "reference_mcc": s.REFERENCE_MCC, "by_gamma2": {
+        1.0: {"mcc": 0.611, "mcc_at_best_val_elbo": 0.777, "c_ima": 0.1, **per},
+        10.0: {"mcc": 0.622, "c_ima": 0.1, **per}}}
+    lines = s.table(summary).splitlines()
+    assert "MCC at best val ELBO" in lines[1] and "reference (at best val ELBO)" in lines[1]
+    assert lines[2].split()[:4] == ["1", "0.611", "0.777", "0.974"]
+    assert lines[3].split()[:3] == ["10", "0.622", "0.869"]  # no best-ELBO value recorded
+    text = s.claim(summary)
+    assert "gamma2 1: MCC 0.611 (at the best validation ELBO 0.777; reference 0.974)" in text
+    assert "gamma2 10: MCC 0.622 (reference 0.869)" in text
