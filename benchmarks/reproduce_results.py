@@ -13,6 +13,7 @@
                                                           [--data-seed 0]
                                                           [--lr 1e-3 --batch-size 64]
                                                           [--sprites-init default|xavier]
+                                                          [--sprites-prior true|learned]
     python benchmarks/reproduce_results.py elbo-vs-lima [--out-root runs/results]
     python benchmarks/reproduce_results.py is-vs-quadrature
     python benchmarks/reproduce_results.py tau-joint [--tau-warmup 30]
@@ -207,6 +208,12 @@ def _sprites_report(vae, guide, ds, label: str, t0: float, last: int | None = No
             print("|corr| of each factor (row) with latents z0..z3:")
             for name, row in zip(("x", "y", "size", "hue"), corr, strict=True):
                 print(f"  {name:>5}: " + "  ".join(f"{c:.2f}" for c in row), flush=True)
+            if vae.learned_prior is not None:
+                learned = vae.learned_prior.values()
+                print("learned prior (a, b) of z0..z3: " + "  ".join(
+                    f"({a:.2f}, {b:.2f})" for a, b in zip(learned["concentration1"][0].tolist(),
+                                                          learned["concentration0"][0].tolist(),
+                                                          strict=True)), flush=True)
     return report
 
 
@@ -243,7 +250,8 @@ def sprites_oracle(args) -> None:
     (``--lr``, default 1e-3; ``--batch-size``, default 64); arm 2: the same networks from their
     random initialization (``--sprites-init xavier``: the official code's), the same ELBO
     training. MCC per factor and validation ELBO every 2 epochs, and after the last epoch each
-    factor's |correlation| with each latent. ``--arm`` runs one of them."""
+    factor's |correlation| with each latent (and a learned prior's ``(a, b)`` per latent,
+    ``--sprites-prior learned``). ``--arm`` runs one of them."""
     from pyro_ima import data, inference
     batch = args.batch_size or 64
     n_train = data.split_sizes(_SPRITES_N, sprites.SpritesConfig().split)[0]
@@ -256,7 +264,7 @@ def sprites_oracle(args) -> None:
     arms = {"both": ("true factors first", "random initialization"),
             "true": ("true factors first",), "random": ("random initialization",)}[args.arm]
     for arm in arms:
-        ds, vae, guide = _sprites_vae(args.geometry, data_seed=args.data_seed,
+        ds, vae, guide = _sprites_vae(args.geometry, args.sprites_prior, args.data_seed,
                                       init=args.sprites_init)
         if arm == "true factors first":
             X, Z = ds.train.x, ds.train.z
@@ -522,8 +530,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init-scale", type=float, default=None,
                    help="moebius-protocol: initial encoder sd (default: the study's)")
     p.add_argument("--sprites-prior", choices=["true", "symmetric", "learned"], default="true",
-                   help="sprites-diagnostic: the generator's Beta per factor, one for all, or "
-                        "one for all to start from and learned (a, b) per latent")
+                   help="sprites-diagnostic, sprites-oracle: the generator's Beta per factor, "
+                        "one for all, or one for all to start from and learned (a, b) per latent")
     p.add_argument("--sprites-init", choices=["default", "xavier"], default="default",
                    help="sprites-oracle: the networks' initialization (xavier: linear weights "
                         "Xavier-uniform, as the official code)")

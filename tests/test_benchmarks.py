@@ -202,6 +202,13 @@ def test_sprites_oracle_passes_its_optimizer_options_and_prints_the_correlations
     rows = out.split("|corr| of each factor (row) with latents z0..z3:\n")[1].splitlines()
     assert [r.split(":")[0].strip() for r in rows] == ["x", "y", "size", "hue"]
     assert all(0 <= float(c) <= 1 for r in rows for c in r.split(":")[1].split())
+    assert "learned prior" not in out
+    reproduce.main(["sprites-oracle", "--arm", "random", "--epochs", "2", "--batch-size", "8",
+                    "--threads", "1", "--sprites-prior", "learned"])
+    line = capsys.readouterr().out.split("learned prior (a, b) of z0..z3: ")[1].splitlines()[0]
+    pairs = [tuple(map(float, p.strip("()").split(", "))) for p in line.split("  ")]
+    assert len(pairs) == 4 and all(a > 0 and b > 0 for a, b in pairs)
+    seen.pop()
     with pytest.raises(SystemExit, match="--batch-size: expected at most 4200"):
         reproduce.main(["sprites-oracle", "--batch-size", "5000"])
     assert seen == [(2e-4, 8, 2)]  # refused before any work
