@@ -13,7 +13,7 @@
                                                           [--data-seed 0]
                                                           [--lr 1e-3 --batch-size 64]
                                                           [--sprites-init default|xavier]
-                                                          [--sprites-prior true|learned]
+                                                          [--sprites-prior true|symmetric|learned]
     python benchmarks/reproduce_results.py elbo-vs-lima [--out-root runs/results]
     python benchmarks/reproduce_results.py is-vs-quadrature
     python benchmarks/reproduce_results.py tau-joint [--tau-warmup 30]
@@ -244,7 +244,8 @@ def sprites_diagnostic(args) -> None:
 
 def sprites_oracle(args) -> None:
     """Does the ELBO keep the true factors, and is their ELBO better than what training finds?
-    gamma2 = 1, the generator's prior, 4,200 training images. Arm 1: the decoder fitted to map
+    gamma2 = 1, the generator's prior (``--sprites-prior``: as in sprites-diagnostic), 4,200
+    training images. Arm 1: the decoder fitted to map
     the true factors to their images and the encoder's mean to their logits (squared error,
     Adam at 1e-3, batch 64, ``--sup-epochs`` epochs), then ``--epochs`` of ELBO training
     (``--lr``, default 1e-3; ``--batch-size``, default 64); arm 2: the same networks from their

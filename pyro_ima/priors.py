@@ -93,17 +93,17 @@ PRIORS = {"gaussian": gaussian, "laplace": laplace, "logistic": logistic, "unifo
 
 
 def _coordinates(prior: dist.Distribution):
-    """``(base, rebuild)``: the univariate distribution of batch shape ``(d,)`` behind a prior of
-    independent coordinates, and the map from such a base back to a prior of the same kind."""
+    """``(base, box)``: the univariate distribution of batch shape ``(d,)`` behind a prior of
+    independent coordinates, and a :class:`BoxBeta`'s ``(low, high)`` (``None`` otherwise)."""
     if isinstance(prior, BoxBeta):
-        return prior.base_dist.base_dist, lambda b: BoxBeta(b.concentration1, b.concentration0,
-                                                            prior.low, prior.high)
+        return prior.base_dist.base_dist, (prior.low, prior.high)
     if isinstance(prior, torch.distributions.Independent) \
             and prior.reinterpreted_batch_ndims == 1 and len(prior.base_dist.batch_shape) == 1:
-        return prior.base_dist, lambda b: dist.Independent(b, 1)
+        return prior.base_dist, None
+    shape = tuple(getattr(prior, "base_dist", prior).batch_shape) + tuple(prior.event_shape)
     raise ValueError("prior: learn_prior needs a prior of independent coordinates (a "
-                     "univariate distribution .to_event(1), or BoxBeta), "
-                     f"got {type(prior).__name__}")
+                     "univariate distribution of batch shape (d,) .to_event(1), or BoxBeta), "
+                     f"got a {type(prior).__name__} of shape {shape}")
 
 
 class LearnablePrior(nn.Module):
@@ -122,7 +122,7 @@ class LearnablePrior(nn.Module):
 
     def __init__(self, prior: dist.Distribution, replicas: int):
         super().__init__()
-        base, self._rebuild = _coordinates(prior)
+        base, self._box = _coordinates(prior)
         self._family = type(base)
         self._constraints = {}
         if constraints.is_dependent(getattr(self._family, "support", None)):
@@ -136,13 +136,29 @@ class LearnablePrior(nn.Module):
                                     nn.Parameter(raw.expand(replicas, 1, d).clone()))
             self._constraints[name] = c
 
+    def _prior(self, values: dict[str, torch.Tensor]) -> dist.Distribution:
+        # biject_to keeps every value inside its constraint, so no argument validation
+        base = self._family(**values, validate_args=False)
+        if self._box is not None:
+            return BoxBeta(base.concentration1, base.concentration0, *self._box,
+                           validate_args=False)
+        return dist.Independent(base, 1, validate_args=False)
+
     def forward(self) -> dist.Distribution:
-        values = {name: biject_to(c)(getattr(self, f"raw_{name}"))
-                  for name, c in self._constraints.items()}
-        return self._rebuild(self._family(**values))
+        """The prior of every replica (batch shape ``(R, 1)``), differentiable in the
+        parameters."""
+        return self._prior({name: biject_to(c)(getattr(self, f"raw_{name}"))
+                            for name, c in self._constraints.items()})
 
     def values(self) -> dict[str, torch.Tensor]:
-        """The learned parameters in their own (constrained) form, ``(R, d)`` each."""
+        """The learned parameters in their own (constrained) form, ``(R, d)`` each, keyed by
+        the family's argument names (a Beta's ``a`` is ``concentration1``, ``b``
+        ``concentration0``)."""
         with torch.no_grad():
             return {name: biject_to(c)(getattr(self, f"raw_{name}")).squeeze(1).detach()
                     for name, c in self._constraints.items()}
+
+    def replica(self, r: int) -> dist.Distribution:
+        """Replica ``r``'s prior as a plain one (batch shape ``()``, event ``(d,)``, detached):
+        what ``data.make_dataset`` or ``exact_log_px`` on ``(N, D)`` data take."""
+        return self._prior({name: v[r] for name, v in self.values().items()})

@@ -141,3 +141,26 @@ def test_a_learned_prior_follows_the_model_and_keeps_its_values():
     assert float(before["concentration1"][0, 0]) == pytest.approx(3.0 * np.exp(0.5), rel=1e-5)
     vae.float()
     assert vae.prior.base_dist.concentration0.dtype == torch.float32
+
+
+@pytest.mark.filterwarnings("ignore:importance_log_px:RuntimeWarning")  # an untrained guide
+@pytest.mark.filterwarnings("ignore:evaluate:RuntimeWarning")
+def test_estimators_leave_no_graph_or_gradient_on_a_learned_prior():
+    # gap_report's ELBO* refinement differentiates only its own (mean, scale); the noiseless
+    # log p(x) comes back without a graph, so training can go on and results convert to numpy
+    mix = mixings.Moebius(2, seed=0)
+    ds = data.make_dataset(mix, priors.beta(2, a=2.0, b=2.0), n=60, seed=0)
+    vae = models.GaussianVAE(mix, priors.beta(2, a=2.0, b=2.0), 1e3, replicas=2,
+                             learn_prior=True)
+    guide = models.DiagonalGuide(vae, models.MLP(2, 4, (8,), replicas=2, seed=[0, 1]))
+    x = ds.test.x[:4]
+    rep = inference.gap_report(vae, guide, x, mixing=mix, num_samples=20, elbo_particles=4,
+                               refine=inference.RefineConfig(steps=3))
+    out = inference.evaluate(vae, guide, x, ds.test.z[:4], mixing=mix,
+                             config=inference.EvalConfig(points=4, is_samples=20))
+    for name, v in (("gap_report", rep["log_px_exact"]), ("evaluate", out["log_px_exact"])):
+        assert not v.requires_grad, name
+        assert np.isfinite(v.numpy()).all(), name
+    params = list(vae.parameters()) + list(guide.parameters())
+    assert any(p is vae.learned_prior.raw_concentration1 for p in params)
+    assert all(p.grad is None for p in params)

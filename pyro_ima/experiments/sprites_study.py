@@ -91,9 +91,7 @@ def traversal(vae, guide, x0: torch.Tensor, steps: int = 7,
     batched = getattr(vae.decoder, "replicas", None) is not None
     with torch.no_grad(), seeded_rng(0, vae.device):
         z0 = guide.point_estimate(vae.as_replica_batch(x0[None]))[replica]  # (1, d)
-        draws = vae.prior.sample((4000,))
-        if draws.dim() > 2:  # a learned prior: (4000, R, 1, d)
-            draws = draws[:, replica, 0]
+        draws = vae.replica_prior(replica).sample((4000,))
         q = torch.linspace(*quantiles, steps, device=vae.device, dtype=vae.dtype)
         grid = torch.quantile(draws, q, dim=0)  # (steps, d)
         rows = []

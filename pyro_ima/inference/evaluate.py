@@ -126,7 +126,8 @@ def evaluate(vae: VAE, guide: AmortizedGaussianGuide, x, z_true=None, *,
                           RuntimeWarning, stacklevel=2)
         if mixing is not None and not vae.decoder_trainable:
             mixing = map_tensors(mixing, to_like(vae.gamma2))
-            out["log_px_exact"] = exact_log_px(mixing, vae.prior, xs).double().mean(-1)
+            with torch.no_grad():  # a learned prior's parameters need no graph here
+                out["log_px_exact"] = exact_log_px(mixing, vae.prior, xs).double().mean(-1)
     return {k: v.double().cpu() for k, v in out.items()}
 
 

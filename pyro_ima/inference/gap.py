@@ -176,8 +176,9 @@ def refine_elbo(vae: VAE, guide: AmortizedGaussianGuide, x, *,
                             dtype=x.dtype)
             m, L = q()
             loss = -_elbo_cv(f, f0, g0, H0, u0, m, L, torch.cat([e, -e]), w).sum()
-            opt.zero_grad()
-            loss.backward()
+            # gradients of the refined (mean, scale) only: nothing lands on the model's or
+            # the guide's parameters, whose training may go on after this
+            delta.grad, raw.grad = torch.autograd.grad(loss, [delta, raw])
             opt.step()
             sched.step()
         with torch.no_grad():
@@ -285,7 +286,8 @@ def gap_report(vae: GaussianVAE, guide: AmortizedGaussianGuide, x, *, mixing=Non
            "ess": is_res.ess, "std_error": std_error(is_res.ess, num_samples),
            "reliable": is_res.reliable, "mode_found": mode.found}
     if mixing is not None:
-        rep["log_px_exact"] = exact_log_px(mixing, vae.prior, x)
+        with torch.no_grad():  # a learned prior's parameters need no graph here
+            rep["log_px_exact"] = exact_log_px(mixing, vae.prior, x)
     rep.update(gap=log_px - elbo.double(), amortization_gap=elbo_star - elbo,
                approximation_gap=log_px - elbo_star.double(),
                predicted_gap=torch.where(found, guide.predicted_gap(P), torch.nan),

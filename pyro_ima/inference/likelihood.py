@@ -44,7 +44,7 @@ def exact_log_px(mixing, prior: torch.distributions.Distribution,
     """
     z = mixing.inv(x)
     inside = prior.support.check(z)
-    safe = torch.where(inside.unsqueeze(-1), z, prior.mean.to(z).expand_as(z))
+    safe = torch.where(inside.unsqueeze(-1), z, prior.mean.to(z))  # broadcasts (learned priors)
     lp = prior.log_prob(safe) - mixing.log_abs_det_jacobian(safe, x)
     return torch.where(inside, lp, torch.full_like(lp, -math.inf))
 

@@ -197,6 +197,18 @@ class VAE(nn.Module):
             return self.learned_prior()
         return self._fixed_prior
 
+    @prior.setter
+    def prior(self, value) -> None:
+        raise AttributeError("prior: set at construction (GaussianVAE(decoder, prior, ...)); "
+                             "learn_prior=True learns its parameters")
+
+    def replica_prior(self, r: int = 0) -> dist.Distribution:
+        """Replica ``r``'s prior with batch shape ``()``: the given one, or replica ``r``'s
+        learned one (detached)."""
+        if self.learned_prior is not None:
+            return self.learned_prior.replica(r)
+        return self._fixed_prior
+
     @property
     def prior_support(self) -> constraints.Constraint:
         """The prior's support (fixed: a learned prior keeps the given one's)."""
