@@ -314,6 +314,7 @@ def test_sprites_quick_runs_and_reports_per_factor_mcc(tmp_path, monkeypatch):
     assert h["mcc_mean"] == s["mcc"] and h["mcc_per_factor"]["size"] == s["mcc_scale"]
     assert set(h["mcc_per_factor"]) == {"x", "y", "size", "hue"}
     assert h["geometry"] == "triangle"  # named in the figure's caption too
+    assert json.loads((out / "summary.json").read_text())["summary"]["prior"] == "generator"
     # the reference's own measure: each seed's MCC at its best validation ELBO checkpoint
     rows = json.loads((out / "results.json").read_text())["rows"]
     checkpoints = sorted({r["epoch"] for r in rows})

@@ -358,6 +358,7 @@ def test_sprites_study_learns_the_prior_when_asked(tmp_path, monkeypatch):
                               learn_prior=True)
     rows = s.run_setting(s.settings(cfg)[0], cfg, common.Runtime(out_dir=tmp_path))
     assert {r["metric"] for r in rows} >= {"mcc", "val_elbo"}
+    assert s.summarize(rows)["prior"] == "learned"  # named in the figure's caption
     a, b = sprites.default_beta_params(0)
     learned = built[0].learned_prior.values()
     assert learned["concentration1"].shape == (2, 4)

@@ -153,7 +153,8 @@ def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dic
                   **{f"mcc_{name}": m[f"mcc_factor{k}"]
                      for k, name in enumerate(sprites.FACTORS)}}
         labels = {"seed": seeds, "gamma2": g2s}
-        const = dict(study="sprites", epoch=start + fit.epochs_run, geometry=cfg.geometry)
+        const = dict(study="sprites", epoch=start + fit.epochs_run, geometry=cfg.geometry,
+                     prior="learned" if cfg.learn_prior else "generator")
         rows += inference.tidy_rows(values, labels, failed=failed, **const)
         # the validation ELBO of the state measured (fit restores each replica's best of the
         # chunk), so the summary can also give the MCC at the best one, as the reference does;
@@ -235,10 +236,12 @@ def summarize(rows: list[dict]) -> dict:
                 _mean_sd(best.values(), "mcc_at_best_val_elbo")
             stats_["mcc_at_best_val_elbo_seeds"] = len(best)
         by[g] = stats_
-    # the sprite's geometry (rows cached before it was recorded have none)
+    # the sprite's geometry and the prior ("generator" or "learned"); rows cached before
+    # either was recorded have none
     geometry = next((r["geometry"] for r in rows if "geometry" in r), None)
+    prior = next((r["prior"] for r in rows if "prior" in r), None)
     return {"by_gamma2": by, "epochs": last, "reference_mcc": REFERENCE_MCC,
-            "geometry": geometry}
+            "geometry": geometry, "prior": prior}
 
 
 def headline(summary: dict) -> dict:
@@ -347,8 +350,10 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     ax.legend(loc="upper center", ncol=2)
     seeds = max(v["seeds"] for v in by.values())
     drawn = _GEOMETRY_WORDS.get(summary.get("geometry"), "one sprite")
-    caption(fig, f"Sprites (64 x 64 RGB, {drawn}, Beta "
-                 f"factors and prior), conv VAE with a diagonal Gaussian encoder, {seeds} "
+    prior = ("Beta factors, a Beta prior learned per seed" if summary.get("prior") == "learned"
+             else "Beta factors and prior")
+    caption(fig, f"Sprites (64 x 64 RGB, {drawn}, {prior}"
+                 f"), conv VAE with a diagonal Gaussian encoder, {seeds} "
                  f"seed(s) per gamma^2, {summary['epochs']} epochs. Red: {SWEEP} (middle) and "
                  f"the paper's Fig. 5 (right).")
     fig.tight_layout()
