@@ -67,10 +67,11 @@ def make_dataset(mixing: Callable[[torch.Tensor], torch.Tensor],
     split_sizes(n, split)  # checks n and split first
     if not isinstance(prior, torch.distributions.Distribution) or len(prior.event_shape) != 1 \
             or len(prior.batch_shape):
-        shape = (tuple(prior.batch_shape), tuple(prior.event_shape)) \
-            if isinstance(prior, torch.distributions.Distribution) else type(prior).__name__
+        got = (f"batch shape {tuple(prior.batch_shape)}, event shape "
+               f"{tuple(prior.event_shape)}"
+               if isinstance(prior, torch.distributions.Distribution) else type(prior).__name__)
         raise ValueError("prior: expected a distribution of batch shape () and event shape "
-                         f"(d,), got {shape} (one replica of a learned prior: "
+                         f"(d,), got {got} (one replica of a learned prior: "
                          "vae.replica_prior(r))")
     if not isinstance(noise_std, (int, float)) or isinstance(noise_std, bool) or \
             not math.isfinite(noise_std) or noise_std < 0:

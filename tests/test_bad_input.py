@@ -69,6 +69,10 @@ CASES = {
         models.MLP(3, 3, replicas=3), priors.gaussian(3), torch.ones(2), replicas=3),
         ValueError, "gamma2"),
     "beta_negative": (lambda t: _vae(beta=-1.0), ValueError, "beta"),
+    "make_dataset_prior_batched": (lambda t: data.make_dataset(
+        mixings.Linear(torch.eye(2)), models.GaussianVAE(models.MLP(2, 2), priors.beta(2), 1.0,
+                                                         learn_prior=True).prior, n=30),
+        ValueError, "prior"),
     "learn_prior_not_bool": (lambda t: models.GaussianVAE(
         models.MLP(3, 3), priors.beta(3), 1.0, learn_prior="yes"), TypeError, "learn_prior"),
     "learn_prior_uniform": (lambda t: models.GaussianVAE(
