@@ -141,7 +141,9 @@ class LinearGaussian:
 
     def vae(self, **kwargs):
         """A :class:`~pyro_ima.models.GaussianVAE` with this decoder fixed, a standard normal
-        prior and precision ``gamma2`` (keyword arguments go to the model)."""
+        prior and precision ``gamma2`` (keyword arguments go to the model; with
+        ``learn_prior=True`` this object's closed forms describe the model only at its starting
+        prior)."""
         from .models import GaussianVAE
         from .priors import gaussian
         return GaussianVAE(self.decoder(), gaussian(self.d), self.gamma2, fixed_decoder=True,
