@@ -7,12 +7,16 @@
 # self_consistency and linear_contrast are one replica batch each, so they share the two
 # cores first (one each); elbo_vs_lima and moebius, several settings each, then take both.
 # Prints each study's wall time and the total; each study's summary.json keeps its own
-# `seconds` and `compute_seconds`. A killed run resumes without redoing finished settings.
+# `seconds` and `compute_seconds`. A failed study stops the script (and the other one of the
+# pair); a killed run resumes without redoing finished settings.
 set -euo pipefail
 OUT=${1:-runs/studies_1_4}
 PYRO_IMA=${PYRO_IMA:-pyro-ima}
 export OMP_NUM_THREADS=1
 mkdir -p "$OUT"
+set -m  # each background study its own process group, so a stop ends its workers too
+trap 'for p in $(jobs -p); do kill -- "-$p" 2>/dev/null || true; done' EXIT
+trap 'exit 130' INT TERM
 
 study() {  # NAME WORKERS
     local t0=$SECONDS
@@ -23,11 +27,10 @@ study() {  # NAME WORKERS
 
 t0=$SECONDS
 study self_consistency 1 &
-first=$!
 study linear_contrast 1 &
-second=$!
-wait "$first"
-wait "$second"
+for _ in 1 2; do  # whichever ends first; a failure stops the other (the EXIT trap)
+    wait -n || exit $?
+done
 study elbo_vs_lima 2
 study moebius 2
 echo "studies 1-4: $((SECONDS - t0)) s wall on 2 cores"

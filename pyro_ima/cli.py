@@ -7,6 +7,7 @@ file that cannot be written with 1, an interruption with 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -221,7 +222,6 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    import dataclasses
     from pathlib import Path
 
     from .fileio import DirLock, atomic_write_json
@@ -246,6 +246,23 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _config_from(obj: dict, mod, path: str):
+    """The study config a results file was computed with (a GPU protocol such as
+    ``sprites_study.REFERENCE_SWEEP`` too, not only QUICK/FULL), JSON lists back as tuples;
+    ``None`` for a file without one (the named size)."""
+    saved = obj.get("config")
+    if not isinstance(saved, dict):
+        return None
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(mod.Config)})
+    if unknown:
+        raise ValueError(f"from: {path!r} holds config fields that this version's "
+                         f"{obj['study']} study does not have: {', '.join(unknown)}")
+
+    def tuples(v):
+        return tuple(tuples(x) for x in v) if isinstance(v, list) else v
+    return mod.Config(**{k: tuples(v) for k, v in saved.items()})
+
+
 def _resolve_study(args) -> None:
     """``experiment``: the study's name and size from the arguments or from ``--from``."""
     if args.from_file is not None:
@@ -258,6 +275,7 @@ def _resolve_study(args) -> None:
             raise ValueError(f"from: {args.from_file!r} names no known study and size "
                              f"(study {obj.get('study')!r}, quick {obj.get('quick')!r})")
         args.name, args.quick = obj["study"], obj["quick"]
+        args.config = _config_from(obj, STUDIES[obj["study"]], args.from_file)
     if args.name is None:
         raise ValueError("name: expected a study name or --from RESULTS_JSON")
     if args.out is None:
@@ -274,7 +292,7 @@ def _cmd_experiment(args) -> int:
         meta = run_study(args.name, args.out, quick=args.quick, progress=not args.quiet,
                          device=args.device, dtype=args.dtype, force=args.force,
                          executor=None if args.executor == "local" else executor,
-                         summary_to=args.summary_to)
+                         summary_to=args.summary_to, config=getattr(args, "config", None))
     print(meta["table"])
     print(f"{args.name}: {meta['claim']} ({meta['seconds']:.0f}s) -> {args.out}")
     return 0

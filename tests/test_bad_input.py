@@ -24,6 +24,15 @@ from pyro_ima.runs import RunConfig, load_results, load_run, train_run
 DOC = Path(__file__).parent.parent / "docs" / "bad_inputs.md"
 
 
+def _from_unknown_field(t):
+    """``experiment --from`` a results file whose config has a field the study lacks."""
+    from pyro_ima.experiments import moebius
+    src = t / "results.json"
+    src.write_text(json.dumps({"kind": "pyro_ima.study", "study": "moebius", "quick": True,
+                               "config": {**dataclasses.asdict(moebius.QUICK), "warp": 2}}))
+    return main(["experiment", "--from", str(src), "--quiet", "--out", str(t / "again")])
+
+
 def _vae(d=3, **kw):
     return models.GaussianVAE(models.MLP(d, d, (4,)), priors.gaussian(d), 10.0, **kw)
 
@@ -195,6 +204,7 @@ CASES = {
                                              "--out", str(t)]), 2, "data"),
     "cli_data_with_n": (lambda t: main(["train", "--data", "x.npy", "--n", "500",
                                         "--out", str(t)]), 2, "n"),
+    "cli_from_unknown_config_field": (lambda t: _from_unknown_field(t), 2, "from"),
     "cli_evaluate_points_above_test_size": (lambda t: _evaluate_too_many_points(t), 2,
                                             "points"),
     "summary_to_without_headline": (lambda t: run_study("beta_gamma", t / "bg", quick=True,

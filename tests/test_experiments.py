@@ -406,3 +406,33 @@ def test_the_sprites_fingerprint_leaves_out_learn_prior_only_at_its_default():
     assert fp == hashlib.sha256(text.encode()).hexdigest()[:20]
     assert study_fingerprint("sprites", False, dataclasses.replace(cfg, learn_prior=True),
                              "float32") != fp
+
+
+def test_from_reruns_the_config_its_results_file_holds(tmp_path, capsys):
+    # a GPU protocol's results file (run_study(config=REFERENCE_SWEEP)) must rerun that
+    # protocol, not the study's FULL size; lists read back from JSON are tuples again
+    import argparse
+    import dataclasses
+
+    from pyro_ima import cli
+    from pyro_ima.experiments import moebius, sprites_study
+
+    def resolve(study, quick, config):
+        src = tmp_path / f"{study}.json"
+        src.write_text(json.dumps({"kind": "pyro_ima.study", "study": study, "quick": quick,
+                                   "config": config}, default=list))
+        args = argparse.Namespace(from_file=str(src), name=None, quick=None, out=None)
+        cli._resolve_study(args)
+        return args
+    args = resolve("sprites", False, dataclasses.asdict(sprites_study.REFERENCE_SWEEP))
+    assert args.config == sprites_study.REFERENCE_SWEEP and args.name == "sprites"
+    assert args.config != sprites_study.FULL and args.config.learn_prior
+    args = resolve("moebius", True, dataclasses.asdict(moebius.QUICK))
+    assert args.config == moebius.QUICK and isinstance(args.config.gamma2s, tuple)
+    assert resolve("moebius", True, None).config is None  # a file without one: the size
+    bad = {**dataclasses.asdict(moebius.QUICK), "warp": 2}
+    with pytest.raises(ValueError, match="from: .* config fields .* moebius study does not "
+                                         "have: warp"):
+        resolve("moebius", True, bad)
+    assert main(["experiment", "--from", str(tmp_path / "moebius.json"), "--quiet"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -350,7 +350,7 @@ def plot(rows: list[dict], summary: dict, path_stem) -> None:
     ax.legend(loc="upper center", ncol=2)
     seeds = max(v["seeds"] for v in by.values())
     drawn = _GEOMETRY_WORDS.get(summary.get("geometry"), "one sprite")
-    prior = ("Beta factors, a Beta prior learned per seed" if summary.get("prior") == "learned"
+    prior = ("Beta factors, a Beta prior learned in each run" if summary.get("prior") == "learned"
              else "Beta factors and prior")
     caption(fig, f"Sprites (64 x 64 RGB, {drawn}, {prior}"
                  f"), conv VAE with a diagonal Gaussian encoder, {seeds} "
