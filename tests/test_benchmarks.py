@@ -219,3 +219,40 @@ def test_sprites_oracle_passes_its_optimizer_options_and_prints_the_correlations
         with pytest.raises(SystemExit):
             reproduce.main(["sprites-oracle", "--lr", bad])
     assert "--lr: expected a finite number > 0" in capsys.readouterr().err
+
+
+def test_time_studies_script_runs_the_four_and_stops_its_pair_on_a_failure(tmp_path):
+    # a stand-in for pyro-ima: self_consistency fails (or not) after 0.2 s, linear_contrast
+    # would run 30 s; a failure must end the script with its status and leave nothing running
+    import subprocess
+    import time
+    from pathlib import Path
+    fake = tmp_path / "pyro-ima"
+    fake.write_text("#!/usr/bin/env bash\necho \"$2\" >> \"$LOG\"\ncase \"$2\" in\n"
+                    "  self_consistency) sleep 0.2; exit ${FAIL:-0};;\n"
+                    "  linear_contrast) sleep ${LONG:-0.4};;\nesac\n")
+    fake.chmod(0o755)
+    script = Path(__file__).parents[1] / "benchmarks" / "time_studies_1_4.sh"
+
+    def run(**env):
+        log = tmp_path / f"log{len(list(tmp_path.glob('log*')))}"
+        t = time.perf_counter()
+        p = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True,
+                           text=True, timeout=60,
+                           env={"PATH": "/usr/bin:/bin", "PYRO_IMA": str(fake), "LOG": str(log),
+                                **env})
+        return p, log.read_text().split(), time.perf_counter() - t
+    p, calls, _ = run()
+    assert p.returncode == 0 and "studies 1-4:" in p.stdout
+    assert sorted(calls[:2]) == ["linear_contrast", "self_consistency"]
+    assert calls[2:] == ["elbo_vs_lima", "moebius"]
+    p, calls, seconds = run(FAIL="3", LONG="30")
+    assert p.returncode == 3 and seconds < 20 and "elbo_vs_lima" not in calls
+    time.sleep(0.2)
+    running = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            running.append(cmdline.read_bytes().replace(b"\0", b" ").decode())
+        except OSError:  # a process that ended meanwhile
+            pass
+    assert not [c for c in running if c.startswith("sleep 30")]  # nothing left running
