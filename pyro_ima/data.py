@@ -65,15 +65,13 @@ def make_dataset(mixing: Callable[[torch.Tensor], torch.Tensor],
         seed: seeds latents, noise and the split, each from its own stream.
     """
     split_sizes(n, split)  # checks n and split first
-    if not isinstance(prior, torch.distributions.Distribution) or len(prior.event_shape) != 1 \
-            or len(prior.batch_shape):
-        if not isinstance(prior, torch.distributions.Distribution):
-            raise ValueError("prior: expected a distribution of batch shape () and event shape "
-                             f"(d,), got {type(prior).__name__}")
+    want = "prior: expected a distribution of batch shape () and event shape (d,)"
+    if not isinstance(prior, torch.distributions.Distribution):
+        raise ValueError(f"{want}, got {type(prior).__name__}")
+    if len(prior.event_shape) != 1 or len(prior.batch_shape):
         hint = ("one replica of a learned prior: vae.replica_prior(r)"
                 if len(prior.event_shape) == 1 else "use .to_event(1) on univariate ones")
-        raise ValueError("prior: expected a distribution of batch shape () and event shape "
-                         f"(d,), got batch shape {tuple(prior.batch_shape)}, event shape "
+        raise ValueError(f"{want}, got batch shape {tuple(prior.batch_shape)}, event shape "
                          f"{tuple(prior.event_shape)} ({hint})")
     if not isinstance(noise_std, (int, float)) or isinstance(noise_std, bool) or \
             not math.isfinite(noise_std) or noise_std < 0:
