@@ -123,6 +123,7 @@ class LearnablePrior(nn.Module):
     def __init__(self, prior: dist.Distribution, replicas: int):
         super().__init__()
         base, self._box = _coordinates(prior)
+        self.replicas = replicas  # its parameters have a leading replica dim (models.subset)
         self._family = type(base)
         self._constraints = {}
         if constraints.is_dependent(getattr(self._family, "support", None)):

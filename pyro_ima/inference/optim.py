@@ -37,7 +37,9 @@ class JointOptim(PyroOptim):
 
     def __call__(self, params, *args, **kwargs) -> None:
         params = tuple(params)
-        if self._joint is None or params != self._joint_params:
+        same = len(params) == len(self._joint_params) and all(
+            a is b for a, b in zip(params, self._joint_params, strict=True))
+        if self._joint is None or not same:  # by identity: tensors' == is elementwise
             state = self._joint.state if self._joint is not None else {}
             lr = self._joint.param_groups[0]["lr"] if self._joint is not None else None
             self._joint = self.pt_optim_constructor(list(params), **self.pt_optim_args)
@@ -68,6 +70,21 @@ class JointOptim(PyroOptim):
                 for v in state.values():
                     if torch.is_tensor(v) and v.shape == p.shape:
                         v.masked_fill_(m.expand_as(v), 0.0)
+
+    def carry_rows(self, pairs: dict[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> None:
+        """Move the state of each ``old`` parameter (``pairs``: ``{old: new}``) to ``new``,
+        keeping the rows ``rows`` of per-element state (Adam's moments; scalars such as the
+        step count are copied), e.g. when training goes on with a subset of the replicas. The
+        old parameters' state is dropped; the learning rate and schedule carry on."""
+        if self._joint is None:
+            return
+        state = self._joint.state
+        for old, new in pairs.items():
+            if old not in state:
+                continue
+            own = state.pop(old)
+            state[new] = {k: (v[rows.to(v.device)].clone() if v.shape == old.shape else v.clone())
+                          if torch.is_tensor(v) else v for k, v in own.items()}
 
     def get_state(self) -> dict:
         return {} if self._joint is None else {"joint": self._joint.state_dict()}

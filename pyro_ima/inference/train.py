@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -17,6 +18,7 @@ from pyro.infer import SVI
 
 from .._utils import check_int, check_positive, derive_seed, generator, replica_seeds
 from ..models.guides import AmortizedGaussianGuide
+from ..models.subset import ReplicaSubset, why_not
 from ..models.vae import VAE
 from .elbo import ReplicaTraceELBO, as_replica_batch, vae_elbo_per_point
 from .optim import Adam
@@ -48,6 +50,12 @@ class FitConfig:
             schedule, so replica ``r`` still trains exactly as a run with seed ``seed[r]``.
         val_particles: particles for the validation ELBO (fixed draws for the whole run).
         max_faults: numerical faults a replica may survive before it is marked failed.
+        drop_stopped: compute only the replicas still training: from the epoch after some
+            stop (or from the start, for replicas outside ``train_mask``), the others train as
+            a smaller batch (:class:`pyro_ima.models.subset.ReplicaSubset`), with the same
+            draws, optimizer state and schedule, so each replica's result is unchanged. Used
+            with the default loss and optimizer and the library's own model and guide classes
+            (``models.subset.why_not`` says when it is not).
     """
 
     epochs: int = 100
@@ -59,6 +67,7 @@ class FitConfig:
     lr_halvings: int = 0
     val_particles: int = 1
     max_faults: int = 3
+    drop_stopped: bool = True
 
     def __post_init__(self):
         check_int("epochs", self.epochs)
@@ -74,15 +83,20 @@ class FitConfig:
             check_positive("lr_end", self.lr_end)
         if self.patience is not None:
             check_int("patience", self.patience)
+        if not isinstance(self.drop_stopped, bool):
+            raise TypeError(f"drop_stopped: expected True or False, got {self.drop_stopped!r}")
 
 
 @dataclass
 class FitResult:
     """What :func:`fit` returns; every per-replica field is a ``(R,)`` tensor.
 
-    ``history`` has one dict per epoch: ``epoch``, ``train_elbo`` (mean per point and replica,
-    from the SVI losses), ``val_elbo`` (one float per replica), ``active`` (replicas still
-    training). ``lr_halvings`` counts each replica's plateau halvings of its step size
+    ``history`` has one dict per epoch: ``epoch``, ``train_elbo`` (mean per point and replica
+    computed that epoch, from the SVI losses), ``val_elbo`` (one value per replica: ``None``
+    where non-finite or where the replica was not computed, i.e. with
+    ``FitConfig.drop_stopped`` one already stopped, failed or outside ``train_mask``),
+    ``active`` (replicas still training), ``computed`` (replicas in that epoch's batch).
+    ``lr_halvings`` counts each replica's plateau halvings of its step size
     (``FitConfig.lr_halvings``); ``stopped_early`` says which replicas the plateau rule stopped
     (the others ran out of epochs or failed). ``best_epoch`` is -1 and ``best_val_elbo`` NaN
     for a replica that never validated. ``faults`` lists every numerical fault (``epoch``,
@@ -152,7 +166,7 @@ class _Replicas:
         """Set the rows of ``mask`` of every parameter to ``state``."""
         with torch.no_grad():
             for k, p in self.params.items():
-                p.copy_(torch.where(self._rows(mask, p), state[k], p))
+                torch.where(self._rows(mask, p), state[k], p, out=p)
 
     def start_epoch(self) -> None:
         self.good_state = self._snapshot()
@@ -185,12 +199,11 @@ class _Replicas:
                    epoch: int, step: int) -> bool:
         """Handle reduced step sizes, faults and frozen replicas; True if the step counts."""
         if before is not None:  # replicas after a fault or a plateau take smaller steps
-            scaled = self.step_scale < 1  # other rows stay bit-identical to a lone run
+            # before + s (p - before), one pass; lerp gives exactly p where s = 1, so those
+            # rows stay bit-identical to a lone run
             with torch.no_grad():
                 for k, p in self.params.items():
-                    s = self._rows(self.step_scale, p).to(p.dtype)
-                    p.copy_(torch.where(self._rows(scaled, p), before[k] + s * (p - before[k]),
-                                        p))
+                    torch.lerp(before[k], p, self._rows(self.step_scale, p).to(p.dtype), out=p)
         # A non-finite parameter makes the next loss non-finite, so parameters are checked
         # when the loss is (and at the end of every epoch), not after every step.
         bad = torch.zeros(self.R, dtype=torch.bool, device="cpu")
@@ -227,6 +240,29 @@ class _Replicas:
         self.bad_epochs = torch.where(halve, 0, self.bad_epochs)
         self._where(halve, self.best_state)  # back to the best state, then smaller steps
         self.active &= ~(plateau & ~halve)
+
+    _PER_REPLICA = ("active", "trained", "failed", "n_faults", "step_scale", "best_val",
+                    "best_epoch", "bad_epochs", "halvings")
+
+    def narrow(self, rows: torch.Tensor, params: dict[str, torch.Tensor]) -> _Replicas:
+        """The bookkeeping of replicas ``rows`` alone, on ``params`` (their copies, keyed as
+        this book's); :meth:`absorb` writes it back."""
+        sub = _Replicas.__new__(_Replicas)
+        sub.params, sub.R, sub.cfg, sub.optim = params, len(rows), self.cfg, self.optim
+        for name in self._PER_REPLICA:
+            setattr(sub, name, getattr(self, name)[rows].clone())
+        sub.best_state = {k: v[rows.to(v.device)] for k, v in self.best_state.items()}
+        sub.good_state, sub.faults = sub.best_state, []
+        return sub
+
+    def absorb(self, sub: _Replicas, rows: torch.Tensor) -> None:
+        """Take back the rows of a :meth:`narrow` ed book (faults in this book's numbering)."""
+        for name in self._PER_REPLICA:
+            getattr(self, name)[rows] = getattr(sub, name)
+        for k, v in self.best_state.items():
+            v[rows.to(v.device)] = sub.best_state[k]
+        self.faults += [{**f, "replica": int(rows[f["replica"]])} for f in sub.faults]
+        sub.faults = []
 
     def result(self, validated: bool, **fields) -> FitResult:
         """Restore each validated replica's best state; the final per-replica facts."""
@@ -271,6 +307,66 @@ def _end_epoch(optim) -> None:
         optim.end_epoch()
     elif isinstance(optim, pyro.optim.PyroLRScheduler):
         optim.step()
+
+
+class _Batch:
+    """The replicas one epoch computes: all of them, or (:meth:`narrowed`) those still
+    training, as a :class:`~pyro_ima.models.subset.ReplicaSubset` with its own bookkeeping,
+    loss, SVI, generators and validation data. :meth:`finish` writes its bookkeeping back."""
+
+    def __init__(self, vae, guide, book: _Replicas, loss, optim, gens, x_val, val_eps,
+                 subset: ReplicaSubset | None = None, full: _Replicas | None = None):
+        self.vae, self.guide, self.book, self.loss, self.optim = vae, guide, book, loss, optim
+        self.full = book if full is None else full
+        self.subset, self.gens = subset, gens
+        self.index = (torch.arange(book.R, device="cpu") if subset is None
+                      else subset.rows)  # on the CPU
+        self.rows = self.index.to(vae.device)[:, None]
+        self.x_val, self.val_eps = x_val, val_eps
+        self.svi = SVI(vae.model, guide.guide, optim, loss)
+
+    def installed(self):
+        return self.subset.installed() if self.subset is not None else contextlib.nullcontext()
+
+    def tensors(self) -> dict[torch.Tensor, torch.Tensor]:
+        """``{full parameter: the tensor this batch trains}``."""
+        own = {} if self.subset is None else self.subset.parameters()
+        return {p: own.get(p, p) for p in self.full.params.values()}
+
+    def narrowed(self) -> _Batch:
+        """This batch's active replicas as a new batch (the optimizer's state goes along)."""
+        self.finish()
+        full, index = self.full, self.book.active.nonzero().flatten()
+        index = self.index[index]
+        subset = ReplicaSubset(self.vae, self.guide, index)
+        copies = subset.parameters()
+        if not set(full.params.values()) <= set(copies):
+            raise RuntimeError("fit: a trainable parameter is not a per-replica tensor")
+        self.optim.carry_rows({t: copies[p] for p, t in self.tensors().items()},
+                              torch.searchsorted(self.index, index))
+        pyro.get_param_store().clear()  # the copies register under the same names
+        x_val = self.x_val
+        if x_val is not None:
+            on = torch.searchsorted(self.index, index).to(x_val.device)
+            x_val = x_val[: len(index)] if x_val.stride(0) == 0 else x_val[on]
+        return _Batch(self.vae, self.guide,
+                      full.narrow(index, {k: copies[p] for k, p in full.params.items()}),
+                      ReplicaTraceELBO(len(index)), self.optim,
+                      [self.gens[i] for i in torch.searchsorted(self.index, index).tolist()],
+                      x_val, None if x_val is None else self.val_eps[:, on], subset, full)
+
+    def full_list(self, v: torch.Tensor) -> list:
+        """This batch's per-replica values ``(R',)`` as a list over all ``R`` replicas
+        (``None`` where not computed or not finite)."""
+        out = [None] * self.full.R
+        for r, x in zip(self.index.tolist(), v.tolist(), strict=True):
+            out[r] = x if math.isfinite(x) else None
+        return out
+
+    def finish(self) -> None:
+        """Write a narrowed batch's bookkeeping back into the full one."""
+        if self.subset is not None:
+            self.full.absorb(self.book, self.index)
 
 
 def fit(vae: VAE, guide: AmortizedGaussianGuide, train, val=None, *,
@@ -326,6 +422,8 @@ def fit(vae: VAE, guide: AmortizedGaussianGuide, train, val=None, *,
     if cfg.batch_size > n:
         raise ValueError(f"batch_size: expected at most the {n} training points, "
                          f"got {cfg.batch_size}")
+    narrow = None if not cfg.drop_stopped or loss is not None or optim is not None \
+        else why_not(vae, guide) is None
     loss = ReplicaTraceELBO(R) if loss is None else loss
     particles = getattr(loss, "num_particles", 1)
     if particles > 1 and not getattr(loss, "vectorize_particles", False):
@@ -345,42 +443,46 @@ def fit(vae: VAE, guide: AmortizedGaussianGuide, train, val=None, *,
     val_eps = None if x_val is None else torch.stack([torch.randn(
         (cfg.val_particles, x_val.shape[1], d), generator=g, device=vae.device, dtype=vae.dtype)
         for g in (generator(derive_seed(s, _VAL_STREAM), vae.device) for s in seeds)], dim=1)
-    rows, validate_args = torch.arange(R, device=vae.device)[:, None], \
-        pyro.poutine.util.is_validation_enabled()
+    validate_args = pyro.poutine.util.is_validation_enabled()
     steps, history, epoch, start = 0, [], -1, time.perf_counter()
     with pyro.get_param_store().scope(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Encountered (NaN|Inf)", UserWarning)  # see faults
-        svi = SVI(vae.model, guide.guide, optim, loss)
+        batch = _Batch(vae, guide, book, loss, optim, gens, x_val, val_eps)
         for epoch in range(cfg.epochs):
-            idx, noise = _draws(gens, n, cfg, particles, d, x_train)
-            book.start_epoch()
-            total = 0.0
-            for t in range(idx.shape[1]):
-                before = book._snapshot() if bool((book.step_scale < 1).any()) else None
-                eps = noise[t] if particles > 1 else noise[t, 0]
-                # Pyro's argument checks run on the first step only (~15% of a small step)
-                with pyro.validation_enabled(validate_args and steps + t == 0):
-                    step_loss = svi.step(x_train[rows, idx[:, t]], eps, full_size=n)
-                if book.after_step(step_loss, getattr(loss, "last_replica_elbo", None), before,
-                                   epoch, t):
-                    total += step_loss
-                if not bool(book.active.any()):
-                    break
-            steps += idx.shape[1]
-            book.fault(book.nonfinite(), epoch, idx.shape[1])
-            _end_epoch(optim)
-            record = {"epoch": epoch, "train_elbo": -total / idx.shape[1] / n / R,
-                      "active": int(book.active.sum())}
-            if x_val is not None and bool(book.active.any()):
-                v = vae_elbo_per_point.batched(vae, guide, x_val, eps=val_eps,
-                                           beta_weighted=True).mean(-1)
-                book.validate(v, epoch, idx.shape[1])
-                record["val_elbo"] = [x if math.isfinite(x) else None for x in v.tolist()]
+            if narrow and 0 < int(batch.book.active.sum()) < batch.book.R:
+                batch = batch.narrowed()  # compute only the replicas still training
+            wbook, svi = batch.book, batch.svi
+            with batch.installed():
+                idx, noise = _draws(batch.gens, n, cfg, particles, d, x_train)
+                wbook.start_epoch()
+                total = 0.0
+                for t in range(idx.shape[1]):
+                    before = wbook._snapshot() if bool((wbook.step_scale < 1).any()) else None
+                    eps = noise[t] if particles > 1 else noise[t, 0]
+                    # Pyro's argument checks run on the first step only (~15% of a small step)
+                    with pyro.validation_enabled(validate_args and steps + t == 0):
+                        step_loss = svi.step(x_train[batch.rows, idx[:, t]], eps, full_size=n)
+                    if wbook.after_step(step_loss, getattr(batch.loss, "last_replica_elbo", None),
+                                        before, epoch, t):
+                        total += step_loss
+                    if not bool(wbook.active.any()):
+                        break
+                steps += idx.shape[1]
+                wbook.fault(wbook.nonfinite(), epoch, idx.shape[1])
+                _end_epoch(optim)
+                record = {"epoch": epoch, "train_elbo": -total / idx.shape[1] / n / wbook.R,
+                          "active": int(wbook.active.sum()), "computed": wbook.R}
+                if x_val is not None and bool(wbook.active.any()):
+                    v = vae_elbo_per_point.batched(vae, guide, batch.x_val, eps=batch.val_eps,
+                                                   beta_weighted=True).mean(-1)
+                    wbook.validate(v, epoch, idx.shape[1])
+                    record["val_elbo"] = batch.full_list(v)
             history.append(record)
             for callback in callbacks:
                 callback(epoch, record)
-            if not bool(book.active.any()):
+            if not bool(wbook.active.any()):
                 break
+        batch.finish()
     for callback in callbacks:  # e.g. a progress bar
         getattr(callback, "close", lambda: None)()
     return book.result(x_val is not None, history=history, epochs_run=epoch + 1, steps=steps,
