@@ -290,3 +290,14 @@ def test_replica_evaluation_matches_single_models():
         for metric in ("mcc_pearson", "mcc_spearman", "c_ima", "c_conf"):
             assert table[(r, metric)]["value"] == pytest.approx(single[metric], abs=1e-4), metric
         assert set(single) == {m for (_, m) in table}
+
+
+def test_batched_linear_gives_each_replica_its_own_layer_on_every_input_form():
+    layer = models.BatchedLinear(3, 5, [torch.Generator().manual_seed(s) for s in range(4)],
+                                 replicas=4)
+    x = torch.randn(4, 6, 3)
+    each = torch.stack([x[r] @ layer.weight[r] + layer.bias[r] for r in range(4)])
+    assert_close(layer(x), each, rtol=1e-6, atol=1e-6)  # (R, B, in): the fused path
+    assert_close(layer(x.expand(2, 4, 6, 3)), each.expand(2, 4, 6, 5), rtol=1e-6, atol=1e-6)
+    assert_close(layer(x[0]), torch.stack([layer.replica(x[0], r) for r in range(4)]),
+                 rtol=1e-6, atol=1e-6)  # (B, in) shared by the replicas
