@@ -301,6 +301,13 @@ def _draws(gens, n: int, cfg: FitConfig, particles: int, d: int, like: torch.Ten
     return idx.view(len(gens), T, B), noise
 
 
+def _val_chunk(replicas: int) -> int:
+    """Validation points per chunk: about 32k replica-points at a time, which measured
+    fastest on a CPU for the MLPs here (2x faster than 4,096 points at R = 100; the values do
+    not depend on it)."""
+    return max(256, min(4096, 32768 // replicas))
+
+
 def _end_epoch(optim) -> None:
     """Advance a learning-rate schedule by one epoch (ours or a Pyro scheduler)."""
     if hasattr(optim, "end_epoch"):
@@ -473,8 +480,9 @@ def fit(vae: VAE, guide: AmortizedGaussianGuide, train, val=None, *,
                 record = {"epoch": epoch, "train_elbo": -total / idx.shape[1] / n / wbook.R,
                           "active": int(wbook.active.sum()), "computed": wbook.R}
                 if x_val is not None and bool(wbook.active.any()):
-                    v = vae_elbo_per_point.batched(vae, guide, batch.x_val, eps=batch.val_eps,
-                                                   beta_weighted=True).mean(-1)
+                    v = vae_elbo_per_point.batched(
+                        vae, guide, batch.x_val, eps=batch.val_eps, beta_weighted=True,
+                        chunk_size=_val_chunk(wbook.R)).mean(-1)
                     wbook.validate(v, epoch, idx.shape[1])
                     record["val_elbo"] = batch.full_list(v)
             history.append(record)
