@@ -66,6 +66,11 @@ def _file(tmp, text):
 
 X = torch.randn(50, 3)
 
+
+def _subset(rows):
+    vae = models.GaussianVAE(models.MLP(3, 3, replicas=3), priors.gaussian(3), 10.0, replicas=3)
+    return models.subset.ReplicaSubset(vae, _guide(vae, replicas=3), rows)
+
 CASES = {
     "init_scale_per_replica_length": (lambda t: models.DiagonalGuide(
         models.GaussianVAE(models.MLP(3, 3, replicas=3), priors.gaussian(3), 10.0, replicas=3),
@@ -78,6 +83,11 @@ CASES = {
         models.MLP(3, 3, replicas=3), priors.gaussian(3), torch.ones(2), replicas=3),
         ValueError, "gamma2"),
     "beta_negative": (lambda t: _vae(beta=-1.0), ValueError, "beta"),
+    "drop_stopped_not_bool": (lambda t: inference.FitConfig(drop_stopped="yes"), TypeError,
+                              "drop_stopped"),
+    "replica_subset_rows": (lambda t: _subset([2, 1]), ValueError, "rows"),
+    "replica_subset_one_replica": (lambda t: models.subset.ReplicaSubset(
+        _vae(), _guide(_vae()), [0]), ValueError, "vae, guide"),
     "make_dataset_prior_batched": (lambda t: data.make_dataset(
         mixings.Linear(torch.eye(2)), models.GaussianVAE(models.MLP(2, 2), priors.beta(2), 1.0,
                                                          learn_prior=True).prior, n=30),

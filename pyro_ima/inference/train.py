@@ -343,24 +343,23 @@ class _Batch:
     def narrowed(self) -> _Batch:
         """This batch's active replicas as a new batch (the optimizer's state goes along)."""
         self.finish()
-        full, index = self.full, self.book.active.nonzero().flatten()
-        index = self.index[index]
+        full, keep = self.full, self.book.active.nonzero().flatten()  # rows of this batch
+        index = self.index[keep]  # rows of the full batch
         subset = ReplicaSubset(self.vae, self.guide, index)
         copies = subset.parameters()
         if not set(full.params.values()) <= set(copies):
             raise RuntimeError("fit: a trainable parameter is not a per-replica tensor")
-        self.optim.carry_rows({t: copies[p] for p, t in self.tensors().items()},
-                              torch.searchsorted(self.index, index))
+        self.optim.carry_rows({t: copies[p] for p, t in self.tensors().items()}, keep)
         pyro.get_param_store().clear()  # the copies register under the same names
-        x_val = self.x_val
+        x_val, val_eps = self.x_val, self.val_eps
         if x_val is not None:
-            on = torch.searchsorted(self.index, index).to(x_val.device)
-            x_val = x_val[: len(index)] if x_val.stride(0) == 0 else x_val[on]
+            on = keep.to(x_val.device)
+            x_val = x_val[: len(keep)] if x_val.stride(0) == 0 else x_val[on]
+            val_eps = val_eps[:, on]
         return _Batch(self.vae, self.guide,
                       full.narrow(index, {k: copies[p] for k, p in full.params.items()}),
                       ReplicaTraceELBO(len(index)), self.optim,
-                      [self.gens[i] for i in torch.searchsorted(self.index, index).tolist()],
-                      x_val, None if x_val is None else self.val_eps[:, on], subset, full)
+                      [self.gens[i] for i in keep.tolist()], x_val, val_eps, subset, full)
 
     def full_list(self, v: torch.Tensor) -> list:
         """This batch's per-replica values ``(R',)`` as a list over all ``R`` replicas
@@ -429,8 +428,8 @@ def fit(vae: VAE, guide: AmortizedGaussianGuide, train, val=None, *,
     if cfg.batch_size > n:
         raise ValueError(f"batch_size: expected at most the {n} training points, "
                          f"got {cfg.batch_size}")
-    narrow = None if not cfg.drop_stopped or loss is not None or optim is not None \
-        else why_not(vae, guide) is None
+    narrow = (cfg.drop_stopped and loss is None and optim is None
+              and why_not(vae, guide) is None)
     loss = ReplicaTraceELBO(R) if loss is None else loss
     particles = getattr(loss, "num_particles", 1)
     if particles > 1 and not getattr(loss, "vectorize_particles", False):

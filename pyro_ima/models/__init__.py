@@ -16,9 +16,11 @@ from .networks import (
                      SmoothLeakyReLU,
                      smooth_leaky_relu,
 )
+from .subset import ReplicaSubset
 from .vae import VAE, BernoulliVAE, GaussianVAE, data_plates
 
 __all__ = ["VAE", "GaussianVAE", "BernoulliVAE", "data_plates",
            "AmortizedGaussianGuide", "DiagonalGuide",
            "IsotropicGuide", "FullCovGuide", "GUIDES", "support_bijection", "MLP",
-           "BatchedLinear", "SmoothLeakyReLU", "smooth_leaky_relu", "ConvEncoder", "ConvDecoder"]
+           "BatchedLinear", "SmoothLeakyReLU", "smooth_leaky_relu", "ConvEncoder", "ConvDecoder",
+           "ReplicaSubset"]
