@@ -18,7 +18,7 @@ SLOW = pytest.mark.slow  # fresh processes for memory, Dask clusters, many estim
                  "ratio library/baseline", marks=SLOW),
     ("bench_replicas.py", ["--replicas", "3", "--steps", "5", "--repeats", "1"], "speed-up"),
     ("bench_training_loop.py", ["--replicas", "4", "--n", "900", "--epochs", "3"],
-     "results bit-identical: True"),
+     "parameters and best epochs bit-identical: True"),
     ("bench_sprites.py", ["--n", "300", "--baseline-n", "100", "--geometry", "square"],
      "max pixel difference 0"),
     ("bench_sprites.py", ["--n", "300", "--baseline-n", "100"], "ratio"),
@@ -249,7 +249,7 @@ def test_time_studies_script_runs_the_four_in_two_lanes_and_stops_on_a_failure(t
     assert sorted(calls[:2]) == ["linear_contrast", "self_consistency"]
     # self_consistency ends first: its lane goes on with moebius while linear_contrast runs
     assert calls[2:] == ["moebius", "elbo_vs_lima"]
-    p, calls, seconds = run(FAIL="3", LONG="30")
+    p, calls, seconds = run(FAIL="3", LONG="30.4127")
     assert p.returncode == 3 and seconds < 20
     assert "elbo_vs_lima" not in calls and "moebius" not in calls
     time.sleep(0.2)
@@ -259,4 +259,4 @@ def test_time_studies_script_runs_the_four_in_two_lanes_and_stops_on_a_failure(t
             running.append(cmdline.read_bytes().replace(b"\0", b" ").decode())
         except OSError:  # a process that ended meanwhile
             pass
-    assert not [c for c in running if c.startswith("sleep 30")]  # nothing left running
+    assert not [c for c in running if c.startswith("sleep 30.4127")]  # nothing left

@@ -16,7 +16,6 @@ prior, a pinned guide mean) is not narrowed: :func:`why_not` says why.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -38,27 +37,30 @@ _NETWORKS = (MLP, BatchedLinear, BatchedConv2d, ConvEncoder, ConvDecoder, Smooth
              LearnablePrior)
 
 
-def _entries(roots, R: int):
-    """``(module, kind, name, tensor)`` of every per-replica tensor under ``roots``, or a
-    string saying why the modules cannot be narrowed."""
-    out, seen = [], set()
+def _walk(roots, R: int):
+    """``(entries, counted)``: ``(module, kind, name, tensor)`` of every per-replica tensor
+    under ``roots`` and the modules whose ``replicas`` is ``R``; or a string saying why the
+    modules cannot be narrowed."""
+    entries, counted, seen = [], [], set()
+    known = _NETWORKS + _MODELS + tuple(GUIDES.values())
 
     def walk(m: nn.Module, inherited, path: str):
         if id(m) in seen:
             return None
         seen.add(id(m))
-        if not (isinstance(m, _NETWORKS + _MODELS + (AmortizedGaussianGuide,))
-                or type(m).__module__.startswith("torch.nn.")):
-            return f"{path or 'model'}: a {type(m).__name__} is not one of the library's networks"
+        if not (type(m) in known or type(m).__module__.startswith("torch.nn.")):
+            return f"{path}: a {type(m).__name__} is not one of the library's networks"
         own = getattr(m, "replicas", _UNKNOWN)
         if own is _UNKNOWN:
             own = inherited if isinstance(m, _CONTAINERS) or inherited is None else _UNKNOWN
+        if getattr(m, "replicas", None) == R:  # its count changes with the subset
+            counted.append(m)
         tensors = [(kind, name, t) for kind, store in (("param", m._parameters),
                                                        ("buffer", m._buffers))
                    for name, t in store.items() if t is not None]
         if tensors and own is _UNKNOWN:
-            return (f"{path or type(m).__name__}: a {type(m).__name__} holds tensors but has no "
-                    "`replicas` attribute")
+            return (f"{path}: a {type(m).__name__} holds tensors but has no `replicas` "
+                    "attribute")
         if tensors and own is not None:
             if own != R:
                 return f"{path}: has replicas={own}, the model {R}"
@@ -66,9 +68,9 @@ def _entries(roots, R: int):
                 if t.dim() == 0 or t.shape[0] != R:
                     return (f"{path}.{name}: expected a leading replica dim {R}, "
                             f"got {tuple(t.shape)}")
-                out.append((m, kind, name, t))
+                entries.append((m, kind, name, t))
         for child_name, child in m.named_children():
-            why = walk(child, own, f"{path}.{child_name}" if path else child_name)
+            why = walk(child, own, f"{path}.{child_name}")
             if why:
                 return why
         return None
@@ -77,11 +79,11 @@ def _entries(roots, R: int):
         why = walk(root, _UNKNOWN, prefix)
         if why:
             return why
-    return out
+    return entries, counted
 
 
-def why_not(vae: VAE, guide: AmortizedGaussianGuide) -> str | None:
-    """``None`` if :class:`ReplicaSubset` can narrow this pair, else the reason."""
+def _plan(vae: VAE, guide: AmortizedGaussianGuide):
+    """:func:`_walk` of the pair, or the reason it cannot be narrowed."""
     if type(vae) not in _MODELS or type(guide) not in tuple(GUIDES.values()):
         return (f"a {type(vae).__name__} / {type(guide).__name__}: only the library's own model "
                 "and guide classes are narrowed")
@@ -93,9 +95,21 @@ def why_not(vae: VAE, guide: AmortizedGaussianGuide) -> str | None:
         return "the prior has a batch shape"
     if guide._loc_override is not None:
         return "the guide's mean is pinned (fix_loc)"
-    found = _entries([("model", vae), ("model.decoder", vae.decoder), ("guide", guide)],
-                     vae.replicas)
-    return found if isinstance(found, str) else None
+    plan = _walk([("model.decoder", vae.decoder), ("model", vae), ("guide", guide)],
+                 vae.replicas)
+    if isinstance(plan, str):
+        return plan
+    covered = {id(t) for *_, t in plan[0]}
+    for name, p in [*vae.named_parameters(), *guide.named_parameters()]:
+        if p.requires_grad and id(p) not in covered:
+            return f"{name}: a trainable parameter shared by the replicas"
+    return plan
+
+
+def why_not(vae: VAE, guide: AmortizedGaussianGuide) -> str | None:
+    """``None`` if :class:`ReplicaSubset` can narrow this pair, else the reason."""
+    plan = _plan(vae, guide)
+    return plan if isinstance(plan, str) else None
 
 
 class ReplicaSubset:
@@ -115,9 +129,9 @@ class ReplicaSubset:
     """
 
     def __init__(self, vae: VAE, guide: AmortizedGaussianGuide, rows: torch.Tensor):
-        why = why_not(vae, guide)
-        if why is not None:
-            raise ValueError(f"vae, guide: cannot run on a subset of replicas: {why}")
+        plan = _plan(vae, guide)
+        if isinstance(plan, str):
+            raise ValueError(f"vae, guide: cannot run on a subset of replicas: {plan}")
         R = vae.replicas
         rows = torch.as_tensor(rows, dtype=torch.long, device="cpu").flatten()
         if rows.numel() == 0 or not bool((rows[1:] > rows[:-1]).all()) or int(rows[0]) < 0 \
@@ -126,8 +140,7 @@ class ReplicaSubset:
                              f"got {rows.tolist()}")
         self.vae, self.guide, self.rows, self.replicas = vae, guide, rows, R
         self._index = rows.to(vae.device)
-        entries = _entries([("model", vae), ("model.decoder", vae.decoder), ("guide", guide)],
-                           R)
+        entries, self._counted = plan
         self._copies: dict[int, torch.Tensor] = {}  # by the full tensor's id: tied stay tied
         self._entries = []
         for module, kind, name, full in entries:
@@ -136,16 +149,7 @@ class ReplicaSubset:
                 self._copies[id(full)] = (nn.Parameter(part, requires_grad=full.requires_grad)
                                           if kind == "param" else part)
             self._entries.append((module, kind, name, full, self._copies[id(full)]))
-        self._counted = [m for m in self._modules() if getattr(m, "replicas", None) == R]
         self._inside = False
-
-    def _modules(self) -> Iterator[nn.Module]:
-        seen = set()
-        for root in (self.vae, self.vae.decoder, self.guide):
-            for m in root.modules():
-                if id(m) not in seen:
-                    seen.add(id(m))
-                    yield m
 
     def parameters(self) -> dict[nn.Parameter, nn.Parameter]:
         """``{full parameter: its copy}`` for the trainable ones."""
