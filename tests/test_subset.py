@@ -281,3 +281,10 @@ def test_a_replica_failing_without_validation_ends_the_same_either_way(monkeypat
         finals.append({k: p.detach().clone() for k, p in params.items()})
     for k in finals[0]:
         assert torch.equal(finals[0][k], finals[1][k]), k
+
+
+def test_the_validation_chunk_is_whole_vectors_and_the_default_off_the_cpu():
+    from pyro_ima.inference.train import _val_chunk
+    cpu = torch.device("cpu")
+    assert [_val_chunk(r, cpu) for r in (1, 8, 20, 100, 1000)] == [4096, 4096, 1600, 320, 256]
+    assert _val_chunk(100, torch.device("meta")) == 4096

@@ -47,7 +47,8 @@ class FitConfig:
             best to count as an improvement; the rest is noise.
         lr_halvings: how often a replica on a plateau halves its step size (and starts counting
             patience anew from its best state) before it stops; each replica has its own
-            schedule, so replica ``r`` still trains exactly as a run with seed ``seed[r]``.
+            schedule, so replica ``r`` still trains as a run with seed ``seed[r]`` (up to float
+            rounding).
         val_particles: particles for the validation ELBO (fixed draws for the whole run).
         max_faults: numerical faults a replica may survive before it is marked failed.
         drop_stopped: compute only the replicas still training: from the epoch after some
@@ -56,7 +57,8 @@ class FitConfig:
             draws, optimizer state and schedule, so each replica's result is the same up to
             float rounding (a CPU rounds the last elements of a tensor whose size is not a
             multiple of its vector width on another path, so sizes that change with the batch
-            can change last bits; bit-identical at the studies' sizes). Used with the default
+            can change last bits; parameters came out bit-identical in
+            benchmarks/bench_training_loop.py's runs). Used with the default
             loss and optimizer and the library's own model, guide and network classes
             (``models.subset.why_not`` says when it is not).
     """
@@ -104,8 +106,8 @@ class FitResult:
     (the others ran out of epochs or failed). ``best_epoch`` is -1 and ``best_val_elbo`` NaN
     for a replica that never validated. ``faults`` lists every numerical fault (``epoch``,
     ``step``, ``replica``, ``action``: ``"rollback"`` or ``"failed"``); ``failed`` says which
-    replicas gave up (their parameters are their last good ones, and their numbers must not be
-    used).
+    replicas gave up (their parameters are their best validated state, or their starting state
+    without validation data; their numbers must not be used).
     """
 
     failed: torch.Tensor
@@ -309,7 +311,9 @@ def _val_chunk(replicas: int, device: torch.device) -> int:
     whole fit's ``R``, so it stays fixed as replicas stop), which measured fastest for the
     MLPs here (2x faster than 4,096 points at R = 100; values equal up to float rounding);
     elsewhere the estimator's default 4,096."""
-    return max(256, min(4096, 32768 // replicas)) if device.type == "cpu" else 4096
+    if device.type != "cpu":
+        return 4096
+    return max(256, min(4096, 32768 // replicas)) // 64 * 64  # whole vectors per replica
 
 
 def _end_epoch(optim) -> None:
@@ -391,7 +395,8 @@ def fit(vae: VAE, guide: AmortizedGaussianGuide, train, val=None, *,
     fixed noise draws so epochs compare fairly) decides early stopping; the best state is
     restored at the end. Every replica has its own seed, minibatch order, noise, best state and
     patience: a replica that stops is reset to its best state and frozen while the others go
-    on, so replica ``r`` trains exactly as a single run with seed ``seed[r]``.
+    on, so replica ``r`` trains as a single run with seed ``seed[r]`` (up to float rounding:
+    a CPU may round the last elements of a tensor of another size on another path).
 
     Numerical faults are caught at the step: a non-finite loss, parameter or validation ELBO
     rolls that replica back to its state at the start of the epoch, clears its optimizer
@@ -405,7 +410,8 @@ def fit(vae: VAE, guide: AmortizedGaussianGuide, train, val=None, *,
         vae, guide: the model and a guide built for it (same device and dtype).
         train: training data ``(N, ...)`` (shared by replicas) or ``(R, N, ...)``, or a
             ``Split``; converted to the model's device and dtype.
-        val: validation data (same forms); without it the last state is kept.
+        val: validation data (same forms); without it the last state is kept (a failed
+            replica's: its starting state).
         config: a :class:`FitConfig`; ``**overrides`` replace its fields (``epochs=50``).
         seed: an int (replica ``r`` uses ``seed + r``) or one seed per replica.
         loss: any Pyro ELBO; default :class:`~pyro_ima.inference.elbo.ReplicaTraceELBO`.
