@@ -24,6 +24,7 @@ import argparse
 import time
 
 import torch
+from bench_replicas import best_of
 
 from pyro_ima import data, inference, mixings, models, priors
 from pyro_ima.inference.elbo import vae_elbo_per_point
@@ -47,15 +48,6 @@ def timed_fit(R, ds, drop, **kw):
     res = inference.fit(vae, guide, ds.train, ds.val, seed=seeds, drop_stopped=drop, **kw)
     params = {k: p.detach().clone() for k, p in inference.trainable_parameters(vae, guide).items()}
     return time.perf_counter() - t, res, params
-
-
-def best_of(fns, repeats):
-    """Interleaved repeats of each timing function; the best (minimum) of each."""
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            best[i] = min(best[i], fn())
-    return best
 
 
 def compare_fits(label, R, ds, **kw):
