@@ -65,7 +65,7 @@ def torch_step_time(replicas, steps, batch=64, lr=1e-3):
     n_train = steps * batch
     x = dataset(int(n_train / 0.7) + 10).train.x[:n_train]
     params = list(vae.parameters()) + list(guide.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=lr, fused=True)  # torch's fastest, as fit's default
     R = replicas or 1
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     obs_scale = vae.obs_scale()

@@ -8,14 +8,16 @@ thread. Printed as ratios:
 1. ``fit`` with ``drop_stopped`` (the default) against ``drop_stopped=False`` on the same
    replica batch, for (a) a precision warm-up stage that trains a quarter of the replicas
    (``train_mask``) and (b) early stopping with plateau halving (patience 1, one halving), where
-   replicas stop at different epochs; parameters and best epochs are checked bit-identical
-   (at these sizes; see FitConfig.drop_stopped) and the best validation ELBOs compared;
+   replicas stop at different epochs; best epochs are checked identical, parameters equal up
+   to float rounding (see FitConfig.drop_stopped) and the best validation ELBOs compared;
 2. the validation ELBO at the chunk size ``fit`` picks for ``R`` replicas against the
    estimator's default chunk of 4,096 points (12,000 points, the paper's validation split);
 3. a step with half the replicas on a halved step size: ``fit``'s update (one ``lerp``) against
    the earlier arithmetic (a snapshot, ``before + s (p - before)``, then ``where``);
 4. one MLP forward + backward with ``BatchedLinear``'s fused ``baddbmm`` against
-   ``matmul`` + bias.
+   ``matmul`` + bias;
+5. an epoch of ``fit`` (no validation) with the default Adam (fused kernels on a CPU) against
+   ``foreach`` Adam.
 """
 
 from __future__ import annotations
@@ -53,16 +55,17 @@ def timed_fit(R, ds, drop, **kw):
 def compare_fits(label, R, ds, **kw):
     (t_off, r_off, p_off), (t_on, r_on, p_on) = (timed_fit(R, ds, drop, **kw)
                                                  for drop in (False, True))
-    same = all(torch.equal(p_off[k], p_on[k]) for k in p_off) and \
-        torch.equal(r_off.best_epoch, r_on.best_epoch)
+    same_epochs = torch.equal(r_off.best_epoch, r_on.best_epoch)
+    diff = max((p_off[k] - p_on[k]).abs().max().item() for k in p_off)
     val = (r_off.best_val_elbo - r_on.best_val_elbo).nan_to_num().abs().max().item()
     computed = sum(h["computed"] for h in r_on.history)
     print(f"1{label}: {r_on.epochs_run} epochs, {computed} replica-epochs computed of "
           f"{R * r_on.epochs_run}: {t_on:.2f} s vs {t_off:.2f} s with drop_stopped=False -> "
-          f"ratio {t_on / t_off:.2f}; parameters and best epochs bit-identical: {same}, "
-          f"best validation ELBOs differ by at most {val:.1e}")
-    if not same:
-        raise SystemExit("drop_stopped changed a result")
+          f"ratio {t_on / t_off:.2f}; best epochs identical: {same_epochs}, parameters differ "
+          f"by at most {diff:.1e} (fused Adam's scalar tail rounds differently, JointOptim), "
+          f"best validation ELBOs by at most {val:.1e}")
+    if not same_epochs or diff > 1e-4:
+        raise SystemExit("drop_stopped changed a result beyond float rounding")
 
 
 def old_halved_update(params, before, scale):
@@ -143,6 +146,18 @@ def main(args):
     print(f"4. MLP forward + backward, batch 64: baddbmm {t_fused * 1e3:.2f} ms vs matmul + "
           f"bias {t_plain * 1e3:.2f} ms -> ratio {t_fused / t_plain:.2f}")
 
+    def epoch(optim_args=None):
+        def run():
+            vae, guide, seeds = build(R)
+            optim = None if optim_args is None else inference.Adam(optim_args)
+            t = time.perf_counter()
+            res = inference.fit(vae, guide, ds.train, epochs=1, seed=seeds, optim=optim)
+            return (time.perf_counter() - t) / res.steps
+        return run
+
+    t_fused, t_foreach = best_of([epoch(), epoch({"lr": 1e-3, "foreach": True})], 4)
+    print(f"5. fit step, Adam: fused (default) {t_fused * 1e3:.2f} ms vs foreach "
+          f"{t_foreach * 1e3:.2f} ms -> ratio {t_fused / t_foreach:.2f}")
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)

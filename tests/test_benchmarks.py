@@ -18,7 +18,7 @@ SLOW = pytest.mark.slow  # fresh processes for memory, Dask clusters, many estim
                  "ratio library/baseline", marks=SLOW),
     ("bench_replicas.py", ["--replicas", "3", "--steps", "5", "--repeats", "1"], "speed-up"),
     ("bench_training_loop.py", ["--replicas", "4", "--n", "900", "--epochs", "3"],
-     "parameters and best epochs bit-identical: True"),
+     "5. fit step, Adam: fused"),
     ("bench_sprites.py", ["--n", "300", "--baseline-n", "100", "--geometry", "square"],
      "max pixel difference 0"),
     ("bench_sprites.py", ["--n", "300", "--baseline-n", "100"], "ratio"),

@@ -7,7 +7,7 @@ from torch.testing import assert_close
 
 from pyro_ima import data, inference, mixings, models, priors
 from pyro_ima.inference.elbo import vae_elbo_per_point
-from pyro_ima.inference.optim import Adam
+from pyro_ima.inference.optim import Adam, JointOptim
 from pyro_ima.inference.train import _Replicas
 from pyro_ima.models.subset import ReplicaSubset, why_not
 
@@ -151,11 +151,28 @@ def test_adam_state_follows_the_rows_it_carries():
     assert torch.equal(state["step"], before["step"])
 
 
+@pytest.fixture
+def foreach_kernels(monkeypatch):
+    """Adam's foreach kernels: fused Adam's scalar tail rounds differently from its vector
+    body, so bit-identity across narrowing holds only without it (see JointOptim)."""
+    monkeypatch.setattr(JointOptim, "fused_kernels", False)
+
+
+@pytest.mark.parametrize("kernels", ["foreach", "fused"])
 @pytest.mark.parametrize("family,learn_prior", [("diagonal", False), ("full", True)])
-def test_dropping_stopped_replicas_changes_no_result(family, learn_prior):
+def test_dropping_stopped_replicas_changes_no_result(family, learn_prior, kernels, monkeypatch):
     # patience 1 and two halvings stop replicas at different epochs; replica 2 is outside
-    # train_mask (as in a precision warm-up): at these sizes (multiples of the vector width)
-    # dropping them must not change a single bit.
+    # train_mask (as in a precision warm-up): at these sizes (activations multiples of the
+    # vector width) dropping them must not change a single bit with foreach Adam, and nothing
+    # beyond float rounding with fused Adam (whose scalar tail covers the output biases).
+    if kernels == "foreach":
+        monkeypatch.setattr(JointOptim, "fused_kernels", False)
+
+        def same(a, b, msg):
+            assert torch.equal(a, b), msg
+    else:
+        def same(a, b, msg):
+            assert_close(a, b, rtol=1e-5, atol=1e-6, msg=str(msg))
     ds = _data(n=400)
     seeds = [0, 1, 2, 3]
     out = {}
@@ -192,17 +209,17 @@ def test_dropping_stopped_replicas_changes_no_result(family, learn_prior):
     assert computed[0] == 3 and computed[-1] < 3  # narrowed from the start, then again
     assert all(h["computed"] == 4 for h in kept.history)
     for k in p_kept:
-        assert torch.equal(p_kept[k], p_dropped[k]), k
+        same(p_kept[k], p_dropped[k], k)
     for f in ("best_epoch", "lr_halvings", "stopped_early", "failed"):
         assert torch.equal(getattr(kept, f), getattr(dropped, f)), f
-    assert torch.equal(kept.best_val_elbo.nan_to_num(), dropped.best_val_elbo.nan_to_num())
+    same(kept.best_val_elbo.nan_to_num(), dropped.best_val_elbo.nan_to_num(), "best_val_elbo")
     assert kept.epochs_run == dropped.epochs_run
     for hk, hd in zip(kept.history, dropped.history, strict=True):
         for r, v in enumerate(hd["val_elbo"]):
             if v is None:  # not computed: stopped or outside the mask
                 assert r == 2 or hd["active"] < 3
             else:
-                assert v == hk["val_elbo"][r]
+                same(torch.tensor(v), torch.tensor(hk["val_elbo"][r]), (r, "val_elbo"))
 
 
 def test_a_fault_in_a_narrowed_batch_is_reported_in_full_numbering():
@@ -251,7 +268,8 @@ def test_sizes_off_the_vector_width_agree_to_rounding():
     assert_close(a.best_val_elbo.nan_to_num(), b.best_val_elbo.nan_to_num(), rtol=1e-6, atol=0)
 
 
-def test_a_replica_failing_without_validation_ends_the_same_either_way(monkeypatch):
+def test_a_replica_failing_without_validation_ends_the_same_either_way(monkeypatch,
+                                                                       foreach_kernels):
     # no validation data: a replica failing at the end-of-epoch check goes back to its best
     # (here: initial) state, whether it is then dropped or stays in the batch
     ds = _data(n=400)

@@ -56,9 +56,10 @@ class FitConfig:
             a smaller batch (:class:`pyro_ima.models.subset.ReplicaSubset`), with the same
             draws, optimizer state and schedule, so each replica's result is the same up to
             float rounding (a CPU rounds the last elements of a tensor whose size is not a
-            multiple of its vector width on another path, so sizes that change with the batch
-            can change last bits; parameters came out bit-identical in
-            benchmarks/bench_training_loop.py's runs). Used with the default
+            multiple of its vector width on another path, fused Adam included, so sizes that
+            change with the batch can change last bits; bit-identical with
+            ``JointOptim.fused_kernels = False`` where every per-replica activation is a whole
+            number of vectors). Used with the default
             loss and optimizer and the library's own model, guide and network classes
             (``models.subset.why_not`` says when it is not).
     """
