@@ -210,6 +210,8 @@ def test_dropping_stopped_replicas_changes_no_result(family, learn_prior, kernel
     assert all(h["computed"] == 4 for h in kept.history)
     for k in p_kept:
         same(p_kept[k], p_dropped[k], k)
+    # (with fused kernels, rounding could in principle flip a close comparison on some other
+    # CPU; at these sizes and seeds every decision comes out the same)
     for f in ("best_epoch", "lr_halvings", "stopped_early", "failed"):
         assert torch.equal(getattr(kept, f), getattr(dropped, f)), f
     same(kept.best_val_elbo.nan_to_num(), dropped.best_val_elbo.nan_to_num(), "best_val_elbo")
