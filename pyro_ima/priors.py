@@ -116,12 +116,24 @@ class LearnablePrior(nn.Module):
     positive scale keeps it positive. Calling the module gives the prior with batch shape
     ``(R, 1)`` (one per replica, broadcast over the data plate). Families whose support depends
     on their parameters (a uniform's bounds) are refused: the data could fall outside it.
-    The official code's ``fix_prior: false`` learns a Beta prior's ``(a, b)`` this way (as
-    ``|t| + 2`` of an output ``t``; here they only stay positive).
+    The official code's ``fix_prior: false`` learns a Beta prior's ``(a, b)`` this way, as
+    ``|t| + 2`` of an output ``t``: ``floor=2`` keeps them above 2 likewise.
+
+    Arguments:
+        prior: the starting prior (independent coordinates, or a :class:`BoxBeta`).
+        replicas: ``R``.
+        floor: keep the family's positive parameters (scales, concentrations) above this
+            value (``greater_than(floor)`` in place of ``positive``); ``None``: above 0. The
+            starting values must lie above it.
     """
 
-    def __init__(self, prior: dist.Distribution, replicas: int):
+    def __init__(self, prior: dist.Distribution, replicas: int, floor: float | None = None):
         super().__init__()
+        if floor is not None and not (isinstance(floor, (int, float))
+                                      and not isinstance(floor, bool)
+                                      and 0 <= floor < float("inf")):
+            raise ValueError(f"prior_floor: expected a finite number >= 0 or None, got "
+                             f"{floor!r}")
         base, self._box = _coordinates(prior)
         self.replicas = replicas  # its parameters have a leading replica dim (models.subset)
         self._family = type(base)
@@ -132,7 +144,13 @@ class LearnablePrior(nn.Module):
                              "support, e.g. priors.beta)")
         d = base.batch_shape[0]
         for name, c in base.arg_constraints.items():
-            raw = biject_to(c).inv(getattr(base, name).detach().expand(d))
+            start = getattr(base, name).detach().expand(d)
+            if floor is not None and c is constraints.positive:
+                if not bool((start > floor).all()):
+                    raise ValueError(f"prior_floor: the prior's {name} must start above the "
+                                     f"floor {floor}, got {start.tolist()}")
+                c = constraints.greater_than(float(floor))
+            raw = biject_to(c).inv(start)
             self.register_parameter(f"raw_{name}",
                                     nn.Parameter(raw.expand(replicas, 1, d).clone()))
             self._constraints[name] = c

@@ -94,6 +94,14 @@ CASES = {
         ValueError, "prior"),
     "learn_prior_not_bool": (lambda t: models.GaussianVAE(
         models.MLP(3, 3), priors.beta(3), 1.0, learn_prior="yes"), TypeError, "learn_prior"),
+    "prior_floor_without_learn_prior": (lambda t: models.GaussianVAE(
+        models.MLP(3, 3), priors.beta(3), 1.0, prior_floor=2.0), ValueError, "prior_floor"),
+    "prior_floor_negative": (lambda t: models.GaussianVAE(
+        models.MLP(3, 3), priors.beta(3), 1.0, learn_prior=True, prior_floor=-1.0),
+        ValueError, "prior_floor"),
+    "prior_floor_above_the_start": (lambda t: models.GaussianVAE(
+        models.MLP(3, 3), priors.beta(3, a=1.5, b=5.0), 1.0, learn_prior=True,
+        prior_floor=2.0), ValueError, "prior_floor"),
     "learn_prior_uniform": (lambda t: models.GaussianVAE(
         models.MLP(3, 3), priors.uniform(3), 1.0, learn_prior=True), ValueError, "prior"),
     "learn_prior_not_independent": (lambda t: models.GaussianVAE(

@@ -399,13 +399,18 @@ def test_the_sprites_fingerprint_leaves_out_learn_prior_only_at_its_default():
     from pyro_ima import __version__
     from pyro_ima.experiments import sprites_study, study_fingerprint
     cfg = sprites_study.FULL
-    old = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "learn_prior"}
+    old = {k: v for k, v in dataclasses.asdict(cfg).items()
+           if k not in ("learn_prior", "prior_floor")}
     text = json.dumps({"study": "sprites", "quick": False, "config": old,
                        "dtype": "float32", "version": __version__}, sort_keys=True, default=list)
     fp = study_fingerprint("sprites", False, cfg, "float32")
     assert fp == hashlib.sha256(text.encode()).hexdigest()[:20]
     assert study_fingerprint("sprites", False, dataclasses.replace(cfg, learn_prior=True),
                              "float32") != fp
+    floored = dataclasses.replace(cfg, learn_prior=True, prior_floor=2.0)
+    assert study_fingerprint("sprites", False, floored, "float32") not in (
+        fp, study_fingerprint("sprites", False, dataclasses.replace(cfg, learn_prior=True),
+                              "float32"))
 
 
 def test_from_reruns_the_config_its_results_file_holds(tmp_path, capsys):
@@ -427,6 +432,7 @@ def test_from_reruns_the_config_its_results_file_holds(tmp_path, capsys):
     args = resolve("sprites", False, dataclasses.asdict(sprites_study.REFERENCE_SWEEP))
     assert args.config == sprites_study.REFERENCE_SWEEP and args.name == "sprites"
     assert args.config != sprites_study.FULL and args.config.learn_prior
+    assert args.config.prior_floor == 2.0
     args = resolve("moebius", True, dataclasses.asdict(moebius.QUICK))
     assert args.config == moebius.QUICK and isinstance(args.config.gamma2s, tuple)
     assert resolve("moebius", True, None).config is None  # a file without one: the size

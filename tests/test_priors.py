@@ -84,6 +84,43 @@ def test_learnable_prior_densities_match_scipy_and_keep_their_constraints():
     assert_close(normal.values()["scale"], torch.full((3, 2), 0.5), atol=1e-6)
 
 
+def test_a_floor_keeps_learned_concentrations_above_it():
+    # floor=2 (the official code's (a, b) = |t| + 2): the bijection is 2 + exp(raw), so no
+    # raw value, however far training pushes it, takes a or b below 2; the start is kept
+    floored = priors.LearnablePrior(priors.beta(3, a=[2.5, 3.0, 14.0], b=5.0), replicas=2,
+                                    floor=2)
+    values = floored.values()
+    assert_close(values["concentration1"], torch.tensor([[2.5, 3.0, 14.0]] * 2), rtol=1e-6,
+                 atol=0)
+    with torch.no_grad():
+        floored.raw_concentration1.fill_(-30.0)
+        floored.raw_concentration0[1].fill_(-3.0)
+    values = floored.values()
+    assert (values["concentration1"] >= 2).all()  # 2 + e^-30 rounds to 2 in float32
+    assert_close(values["concentration1"], torch.full((2, 3), 2.0), atol=1e-6, rtol=0)
+    assert float(values["concentration0"][1, 0]) == pytest.approx(2 + np.exp(-3.0), rel=1e-6)
+    # trained on points near 0 and 1, which favour small a and b: with the floor they settle
+    # just above 2, without it at the maximum likelihood 0.24
+    z = torch.tensor([[0.01], [0.99]])
+    ends = []
+    for floor in (2, None):
+        learned = priors.LearnablePrior(priors.beta(1, a=2.2, b=2.2), replicas=1, floor=floor)
+        opt = torch.optim.SGD(learned.parameters(), lr=0.3)
+        for _ in range(50):
+            opt.zero_grad()
+            (-learned().log_prob(z).sum()).backward()
+            opt.step()
+        ends.append([float(v) for v in learned.values().values()])
+    assert all(2 <= v < 2.05 for v in ends[0]) and all(v < 0.3 for v in ends[1])
+    # a Normal's loc is unconstrained: only its scale gets the floor
+    normal = priors.LearnablePrior(priors.gaussian(2, scale=3.0), replicas=1, floor=2)
+    assert normal._constraints["loc"] is torch.distributions.constraints.real
+    assert normal._constraints["scale"].lower_bound == 2
+    with pytest.raises(ValueError, match="prior_floor: the prior's concentration1 must start "
+                                         "above the floor 2"):
+        priors.LearnablePrior(priors.beta(2, a=[1.5, 3.0], b=5.0), replicas=1, floor=2)
+
+
 def test_learnable_prior_refuses_what_it_cannot_learn():
     with pytest.raises(ValueError, match="prior: cannot learn a Uniform prior"):
         priors.LearnablePrior(priors.uniform(2), replicas=1)

@@ -346,6 +346,7 @@ def test_sprites_study_learns_the_prior_when_asked(tmp_path, monkeypatch):
     from pyro_ima.experiments import common
     from pyro_ima.experiments import sprites_study as s
     assert s.REFERENCE_SWEEP.learn_prior and not s.PAPER.learn_prior
+    assert s.REFERENCE_SWEEP.prior_floor == 2.0  # the official code's (a, b) = |t| + 2
     monkeypatch.setenv("PYRO_IMA_CACHE", str(tmp_path))
     built = []
     real = models.GaussianVAE
@@ -355,10 +356,11 @@ def test_sprites_study_learns_the_prior_when_asked(tmp_path, monkeypatch):
         return built[-1]
     monkeypatch.setattr(s.models, "GaussianVAE", spy)
     cfg = dataclasses.replace(s.QUICK, n=100, epochs=2, checkpoints=1, eval_points=10,
-                              learn_prior=True)
+                              learn_prior=True, prior_floor=2.0)
     rows = s.run_setting(s.settings(cfg)[0], cfg, common.Runtime(out_dir=tmp_path))
     assert {r["metric"] for r in rows} >= {"mcc", "val_elbo"}
-    assert s.summarize(rows)["prior"] == "learned"  # named in the figure's caption
+    assert s.summarize(rows)["prior"] == "learned (a, b > 2)"  # named in the figure's caption
+    assert built[0].learned_prior._constraints["concentration0"].lower_bound == 2.0
     a, b = sprites.default_beta_params(0)
     learned = built[0].learned_prior.values()
     assert learned["concentration1"].shape == (2, 4)

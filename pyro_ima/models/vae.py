@@ -112,12 +112,15 @@ class VAE(nn.Module):
             (:class:`pyro_ima.priors.LearnablePrior`: independent coordinates of a family with
             a fixed support, e.g. ``priors.beta``, ``priors.gaussian``); ``vae.prior`` then
             has batch shape ``(R, 1)``.
+        prior_floor: with ``learn_prior``, keep the prior's positive parameters (scales,
+            concentrations) above this value (the official code keeps a learned Beta's
+            ``(a, b)`` above 2); ``None``: above 0.
     """
 
     def __init__(self, decoder: Callable[[torch.Tensor], torch.Tensor],
                  prior: dist.Distribution, *, beta=1.0, fixed_decoder: bool = False,
                  replicas: int | None = None, obs_event_dim: int = 1,
-                 learn_prior: bool = False):
+                 learn_prior: bool = False, prior_floor: float | None = None):
         super().__init__()
         if not callable(decoder):
             raise TypeError("decoder: expected a callable or nn.Module, "
@@ -131,6 +134,9 @@ class VAE(nn.Module):
         check_int("obs_event_dim", obs_event_dim)
         if not isinstance(learn_prior, bool):
             raise TypeError(f"learn_prior: expected True or False, got {learn_prior!r}")
+        if prior_floor is not None and not learn_prior:
+            raise ValueError("prior_floor: bounds a learned prior's parameters; pass it with "
+                             "learn_prior=True")
         R = replica_count(replicas)
         decoder_replicas = getattr(decoder, "replicas", None)
         if decoder_replicas is not None and decoder_replicas != R:
@@ -152,7 +158,8 @@ class VAE(nn.Module):
             object.__setattr__(self, "decoder", decoder)
         self._follow_buffers()
         # after the buffers: starts from the prior on the model's device and dtype
-        self.learned_prior = LearnablePrior(self._fixed_prior, R) if learn_prior else None
+        self.learned_prior = (LearnablePrior(self._fixed_prior, R, floor=prior_floor)
+                              if learn_prior else None)
         self.pyro_name = unique_name("vae")
 
     def set_beta(self, beta) -> None:
@@ -316,10 +323,10 @@ class GaussianVAE(VAE):
                  prior: dist.Distribution, gamma2=1.0, *, learn_noise: bool = False,
                  data_dim: int | None = None, beta=1.0, fixed_decoder: bool = False,
                  replicas: int | None = None, obs_event_dim: int = 1,
-                 learn_prior: bool = False):
+                 learn_prior: bool = False, prior_floor: float | None = None):
         super().__init__(decoder, prior, beta=beta, fixed_decoder=fixed_decoder,
                          replicas=replicas, obs_event_dim=obs_event_dim,
-                         learn_prior=learn_prior)
+                         learn_prior=learn_prior, prior_floor=prior_floor)
         self.register_buffer("gamma2", _per_replica("gamma2", gamma2, self.replicas,
                                                     self._like))
         self.learn_noise = learn_noise
