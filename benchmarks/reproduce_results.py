@@ -224,7 +224,8 @@ def sprites_diagnostic(args) -> None:
     """gamma2 = 1, one seed, 4,200 training images, 24 epochs at lr 1e-3 (batch 64), MCC per
     factor every 3 epochs. ``--sprites-prior symmetric``: one Beta (the mean of the generator's
     parameters) for every latent instead of the generator's own per factor; ``learned``: that
-    symmetric Beta to start from, its ``(a, b)`` per latent learned with the networks;
+    symmetric Beta to start from, its ``(a, b)`` per latent learned with the networks
+    (``learned-floor``: kept at or above 2, as the official code's ``|t| + 2``);
     ``--sprites-anneal``: 3 epochs at gamma2 100, 3 at 10, then 1 (a KL warm-up in effect)."""
     from pyro_ima import inference
     torch.set_num_threads(args.threads or torch.get_num_threads())

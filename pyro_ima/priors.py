@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 from torch import nn
@@ -75,6 +76,13 @@ class BoxBeta(dist.TransformedDistribution):
     def mean(self):
         return self.low + (self.high - self.low) * self.base_dist.mean
 
+    def expand(self, batch_shape, _instance=None):
+        # pyro.sample expands a prior to its plates' shape
+        beta = self.base_dist.base_dist
+        shape = torch.Size(batch_shape) + self.event_shape
+        return BoxBeta(beta.concentration1.expand(shape), beta.concentration0.expand(shape),
+                       self.low, self.high, validate_args=self._validate_args)
+
 
 def beta(dim: int, a=2.0, b=2.0, low: float = 0.0, high: float = 1.0) -> dist.Distribution:
     """Independent ``Beta(a_k, b_k)`` coordinates on ``[low, high]`` (a, b scalars or ``(d,)``)."""
@@ -106,6 +114,19 @@ def _coordinates(prior: dist.Distribution):
                      f"got a {type(prior).__name__} of shape {shape}")
 
 
+def check_floor(name: str, floor) -> float | None:
+    """``floor`` as a float (a finite number >= 0), or ``None``; refused naming ``name``."""
+    if floor is None:
+        return None
+    if isinstance(floor, torch.Tensor) and floor.dim() == 0:
+        floor = floor.item()
+    if isinstance(floor, (bool, np.bool_)) or not isinstance(floor, (int, float, np.number)):
+        raise TypeError(f"{name}: expected a number or None, got {floor!r}")
+    if not (math.isfinite(floor) and floor >= 0):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {floor!r}")
+    return float(floor)
+
+
 class LearnablePrior(nn.Module):
     """The parameters of a prior of independent coordinates, learned per replica.
 
@@ -116,24 +137,25 @@ class LearnablePrior(nn.Module):
     positive scale keeps it positive. Calling the module gives the prior with batch shape
     ``(R, 1)`` (one per replica, broadcast over the data plate). Families whose support depends
     on their parameters (a uniform's bounds) are refused: the data could fall outside it.
-    The official code's ``fix_prior: false`` learns a Beta prior's ``(a, b)`` this way, as
-    ``|t| + 2`` of an output ``t``: ``floor=2`` keeps them above 2 likewise.
+    The official code's ``fix_prior: false`` learns a Beta prior's ``(a, b)`` as ``|t| + 2``
+    of an output ``t``: ``floor=2`` keeps them in the same range (as ``2 + exp(raw)``, so
+    the optimizer moves them in log space, not linearly as ``|t|``).
 
     Arguments:
         prior: the starting prior (independent coordinates, or a :class:`BoxBeta`).
         replicas: ``R``.
-        floor: keep the family's positive parameters (scales, concentrations) above this
-            value (``greater_than(floor)`` in place of ``positive``); ``None``: above 0. The
-            starting values must lie above it.
+        floor: keep the family's positive parameters (scales, concentrations) at or above
+            this value: ``floor + exp(raw)`` (``greater_than(floor)`` in place of
+            ``positive``; a value can round to the floor itself); ``None``: above 0. The
+            starting values must lie above it. Saved in the ``state_dict`` (loading a state
+            saved with another floor is refused).
+        floor_name: the argument name error messages give for ``floor``.
     """
 
-    def __init__(self, prior: dist.Distribution, replicas: int, floor: float | None = None):
+    def __init__(self, prior: dist.Distribution, replicas: int, floor: float | None = None, *,
+                 floor_name: str = "floor"):
         super().__init__()
-        if floor is not None and not (isinstance(floor, (int, float))
-                                      and not isinstance(floor, bool)
-                                      and 0 <= floor < float("inf")):
-            raise ValueError(f"prior_floor: expected a finite number >= 0 or None, got "
-                             f"{floor!r}")
+        self.floor = check_floor(floor_name, floor)
         base, self._box = _coordinates(prior)
         self.replicas = replicas  # its parameters have a leading replica dim (models.subset)
         self._family = type(base)
@@ -145,15 +167,27 @@ class LearnablePrior(nn.Module):
         d = base.batch_shape[0]
         for name, c in base.arg_constraints.items():
             start = getattr(base, name).detach().expand(d)
-            if floor is not None and c is constraints.positive:
-                if not bool((start > floor).all()):
-                    raise ValueError(f"prior_floor: the prior's {name} must start above the "
-                                     f"floor {floor}, got {start.tolist()}")
-                c = constraints.greater_than(float(floor))
+            if self.floor is not None and c is constraints.positive:
+                if not bool((start > self.floor).all()):
+                    raise ValueError(f"{floor_name}: the prior's {name} must start above the "
+                                     f"floor {self.floor:g}, got a minimum of "
+                                     f"{float(start.min()):g}")
+                c = constraints.greater_than(self.floor)
             raw = biject_to(c).inv(start)
             self.register_parameter(f"raw_{name}",
                                     nn.Parameter(raw.expand(replicas, 1, d).clone()))
             self._constraints[name] = c
+
+    def get_extra_state(self) -> dict:
+        # the floor sets what the raw parameters mean (floor + exp(raw)): saved with them
+        return {"floor": self.floor}
+
+    def set_extra_state(self, state: dict) -> None:
+        saved = state.get("floor") if isinstance(state, dict) else None
+        if saved != self.floor:
+            raise ValueError(f"prior_floor: the state was saved with floor {saved}, this "
+                             f"prior has {self.floor}: its raw parameters would mean other "
+                             "values")
 
     def _prior(self, values: dict[str, torch.Tensor]) -> dist.Distribution:
         # biject_to keeps every value inside its constraint, so no argument validation

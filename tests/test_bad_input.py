@@ -99,6 +99,9 @@ CASES = {
     "prior_floor_negative": (lambda t: models.GaussianVAE(
         models.MLP(3, 3), priors.beta(3), 1.0, learn_prior=True, prior_floor=-1.0),
         ValueError, "prior_floor"),
+    "prior_floor_not_a_number": (lambda t: models.GaussianVAE(
+        models.MLP(3, 3), priors.beta(3), 1.0, learn_prior=True, prior_floor="2"),
+        TypeError, "prior_floor"),
     "prior_floor_above_the_start": (lambda t: models.GaussianVAE(
         models.MLP(3, 3), priors.beta(3, a=1.5, b=5.0), 1.0, learn_prior=True,
         prior_floor=2.0), ValueError, "prior_floor"),

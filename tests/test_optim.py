@@ -59,6 +59,21 @@ def test_a_restored_state_runs_with_this_processs_kernels():
         state = target._joint.state[params[0]]
         assert float(state["step"]) == 4
         assert state["step"].dtype == torch.float32
+    # restored before the first step (Pyro's PyroOptim.load in a fresh process): it waits for
+    # the parameters and goes on from the saved step count and moments
+    params = _params()
+    source = inference.Adam({"lr": 0.1})
+    for _ in range(3):
+        _kernels(source, params)
+    moments = source._joint.state[params[0]]["exp_avg"].clone()
+    fresh = inference.Adam({"lr": 0.1})
+    fresh.set_state(source.get_state())
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    fresh(params)
+    state = fresh._joint.state[params[0]]
+    assert float(state["step"]) == 4
+    assert_close(state["exp_avg"], 0.9 * moments, rtol=1e-6, atol=0)
 
 
 def test_fused_and_foreach_adam_agree_to_rounding():

@@ -116,8 +116,8 @@ def test_a_floor_keeps_learned_concentrations_above_it():
     normal = priors.LearnablePrior(priors.gaussian(2, scale=3.0), replicas=1, floor=2)
     assert normal._constraints["loc"] is torch.distributions.constraints.real
     assert normal._constraints["scale"].lower_bound == 2
-    with pytest.raises(ValueError, match="prior_floor: the prior's concentration1 must start "
-                                         "above the floor 2"):
+    with pytest.raises(ValueError, match="floor: the prior's concentration1 must start above "
+                                         "the floor 2, got a minimum of 1.5"):
         priors.LearnablePrior(priors.beta(2, a=[1.5, 3.0], b=5.0), replicas=1, floor=2)
 
 
@@ -155,3 +155,58 @@ def test_a_learned_prior_pickles_and_gives_each_replica_as_a_plain_prior():
         data.make_dataset(mixings.Linear(torch.eye(2)), vae.prior, n=30)
     with pytest.raises(AttributeError, match="prior: set at construction"):
         vae.prior = priors.beta(2)
+
+
+def _floored_pair(prior, floor=2.0, learn=True):
+    from pyro_ima import models
+    vae = models.GaussianVAE(models.MLP(2, 2, (16,), replicas=2, seed=[0, 1]), prior, 100.0,
+                             replicas=2, learn_prior=learn, prior_floor=floor if learn else None)
+    guide = models.DiagonalGuide(vae, models.MLP(2, 4, (16,), replicas=2, seed=[5, 6]))
+    return vae, guide
+
+
+def test_a_floored_prior_trains_narrowed_pickles_and_saves_its_floor():
+    import pickle
+
+    from pyro_ima import data, inference, mixings, models
+    ds = data.make_dataset(mixings.Moebius(2, seed=1), priors.uniform(2), n=300, seed=0)
+    vae, guide = _floored_pair(priors.beta(2, a=2.5, b=3.0))
+    assert models.subset.why_not(vae, guide) is None  # fit trains replica 1 alone
+    start = vae.learned_prior.values()
+    inference.fit(vae, guide, ds.train, epochs=2, batch_size=32, lr=0.3, seed=[0, 1],
+                  train_mask=[False, True])
+    after = vae.learned_prior.values()
+    for k in after:
+        assert torch.equal(after[k][0], start[k][0])  # outside train_mask: untouched
+        assert float((after[k][1] - start[k][1]).abs().max()) > 1e-3
+        assert (after[k] >= 2).all()
+    again = pickle.loads(pickle.dumps(vae))
+    assert again.learned_prior.floor == 2.0
+    assert all(torch.equal(again.learned_prior.values()[k], after[k]) for k in after)
+    # the floor goes with the raw parameters in the state_dict, and must match on loading
+    same, _ = _floored_pair(priors.beta(2, a=2.5, b=3.0))
+    same.load_state_dict(vae.state_dict())
+    assert all(torch.equal(same.learned_prior.values()[k], after[k]) for k in after)
+    unfloored, _ = _floored_pair(priors.beta(2, a=2.5, b=3.0), floor=None)
+    with pytest.raises(ValueError, match="prior_floor: the state was saved with floor 2.0, "
+                                         "this prior has None"):
+        unfloored.load_state_dict(vae.state_dict())
+
+
+def test_a_box_beta_prior_trains_fixed_and_learned():
+    # pyro.sample expands the prior to the plates: BoxBeta.expand keeps its box and density
+    from pyro_ima import data, inference, mixings
+    box = priors.beta(2, a=2.5, b=3.0, low=-1.0, high=3.0)
+    wide = box.expand((3, 5))
+    assert isinstance(wide, priors.BoxBeta) and wide.batch_shape == (3, 5)
+    u = torch.tensor([[0.5, 2.0]])
+    assert_close(wide.log_prob(u), box.log_prob(u).expand(3, 5))
+    ds = data.make_dataset(mixings.Moebius(2, seed=1), box, n=300, seed=0)
+    for learn in (False, True):  # without BoxBeta.expand, fit raised NotImplementedError
+        vae, guide = _floored_pair(box, learn=learn)
+        res = inference.fit(vae, guide, ds.train, epochs=1, batch_size=32, lr=0.3,
+                            seed=[0, 1])
+        assert not res.failed.any()
+        if learn:
+            moved = vae.learned_prior.values()["concentration1"]
+            assert float((moved - 2.5).abs().max()) > 1e-3 and (moved >= 2).all()

@@ -386,3 +386,13 @@ def test_table_and_claim_set_the_reference_beside_the_mcc_at_the_best_validation
     text = s.claim(summary)
     assert "gamma2 1: MCC 0.611 (at the best validation ELBO 0.777; reference 0.974)" in text
     assert "gamma2 10: MCC 0.622 (reference 0.869)" in text
+
+
+def test_the_rows_name_the_prior_and_its_floor():
+    import dataclasses
+
+    from pyro_ima.experiments import sprites_study as s
+    cfg = s.QUICK
+    assert s._prior_label(cfg) == "generator"
+    assert s._prior_label(dataclasses.replace(cfg, learn_prior=True)) == "learned"
+    assert s._prior_label(s.REFERENCE_SWEEP) == "learned (a, b > 2)"

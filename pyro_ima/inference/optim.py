@@ -49,6 +49,7 @@ class JointOptim(PyroOptim):
         self._joint_params: tuple = ()
         self._scheduler_cls, self._scheduler_args = scheduler, dict(scheduler_args or {})
         self._scheduler = None
+        self._pending: dict | None = None  # a state set before the optimizer was built
 
     def __call__(self, params, *args, **kwargs) -> None:
         params = tuple(params)
@@ -65,6 +66,9 @@ class JointOptim(PyroOptim):
                 if p in state:
                     self._joint.state[p] = state[p]
             self._joint_params = params
+            if self._pending is not None:  # set_state before the first step
+                pending, self._pending = self._pending, None
+                self._load(pending)
             if self._scheduler_cls is not None:  # continues from the current rate
                 self._scheduler = self._scheduler_cls(self._joint, **self._scheduler_args)
         self._joint.step(*args, **kwargs)
@@ -119,17 +123,25 @@ class JointOptim(PyroOptim):
         return {} if self._joint is None else {"joint": self._joint.state_dict()}
 
     def set_state(self, state: dict) -> None:
-        if state and self._joint is not None:
-            saved = dict(state["joint"])
-            # the kernels are this process's choice (a state saved with foreach kernels,
-            # or before they were fused, runs fused here and the other way round); torch
-            # converts the step counts to what the group's kernels expect while loading
-            flags = {k: v for k, v in self._kernel_args(self._joint_params).items()
-                     if k in ("fused", "foreach")}
-            saved["param_groups"] = [{**g, "fused": None, "foreach": None, **flags}
-                                     for g in saved["param_groups"]]
-            self._joint.load_state_dict(saved)
+        """Restore a :meth:`get_state` (Pyro's ``PyroOptim.load`` calls this); before the first
+        step it waits until the optimizer is built over the parameters."""
+        if not state:
+            return
+        if self._joint is None:
+            self._pending = state
+        else:
+            self._load(state)
 
+    def _load(self, state: dict) -> None:
+        saved = dict(state["joint"])
+        # the kernels are this process's choice (a state saved with foreach kernels, or
+        # before they were fused, runs fused here and the other way round); torch converts
+        # the step counts to what the group's kernels expect while loading
+        flags = {k: None for k in ("fused", "foreach") if k in self._joint.defaults}
+        flags.update((k, v) for k, v in self._kernel_args(self._joint_params).items()
+                     if k in ("fused", "foreach"))
+        saved["param_groups"] = [{**g, **flags} for g in saved["param_groups"]]
+        self._joint.load_state_dict(saved)
 
 def Adam(optim_args: dict, *, lr_decay: float | None = None) -> JointOptim:  # noqa: N802
     """``torch.optim.Adam`` over all parameters at once (see :class:`JointOptim`), optionally

@@ -16,7 +16,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from .._utils import as_tensor_on, check_int, check_positive, map_tensors, replica_count, to_like
-from ..priors import LearnablePrior
+from ..priors import LearnablePrior, check_floor
 
 __all__ = ["VAE", "GaussianVAE", "BernoulliVAE", "data_plates", "unique_name",
            "squeezes_replicas"]
@@ -113,8 +113,8 @@ class VAE(nn.Module):
             a fixed support, e.g. ``priors.beta``, ``priors.gaussian``); ``vae.prior`` then
             has batch shape ``(R, 1)``.
         prior_floor: with ``learn_prior``, keep the prior's positive parameters (scales,
-            concentrations) above this value (the official code keeps a learned Beta's
-            ``(a, b)`` above 2); ``None``: above 0.
+            concentrations) at or above this value (``LearnablePrior``'s ``floor``; the
+            official code keeps a learned Beta's ``(a, b)`` at or above 2); ``None``: above 0.
     """
 
     def __init__(self, decoder: Callable[[torch.Tensor], torch.Tensor],
@@ -134,6 +134,7 @@ class VAE(nn.Module):
         check_int("obs_event_dim", obs_event_dim)
         if not isinstance(learn_prior, bool):
             raise TypeError(f"learn_prior: expected True or False, got {learn_prior!r}")
+        prior_floor = check_floor("prior_floor", prior_floor)
         if prior_floor is not None and not learn_prior:
             raise ValueError("prior_floor: bounds a learned prior's parameters; pass it with "
                              "learn_prior=True")
@@ -158,7 +159,8 @@ class VAE(nn.Module):
             object.__setattr__(self, "decoder", decoder)
         self._follow_buffers()
         # after the buffers: starts from the prior on the model's device and dtype
-        self.learned_prior = (LearnablePrior(self._fixed_prior, R, floor=prior_floor)
+        self.learned_prior = (LearnablePrior(self._fixed_prior, R, floor=prior_floor,
+                                             floor_name="prior_floor")
                               if learn_prior else None)
         self.pyro_name = unique_name("vae")
 
