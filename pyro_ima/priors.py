@@ -155,7 +155,7 @@ class LearnablePrior(nn.Module):
     def __init__(self, prior: dist.Distribution, replicas: int, floor: float | None = None, *,
                  floor_name: str = "floor"):
         super().__init__()
-        self.floor = check_floor(floor_name, floor)
+        self.floor, self._floor_name = check_floor(floor_name, floor), floor_name
         base, self._box = _coordinates(prior)
         self.replicas = replicas  # its parameters have a leading replica dim (models.subset)
         self._family = type(base)
@@ -185,9 +185,9 @@ class LearnablePrior(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         saved = state.get("floor") if isinstance(state, dict) else None
         if saved != self.floor:
-            raise ValueError(f"prior_floor: the state was saved with floor {saved}, this "
-                             f"prior has {self.floor}: its raw parameters would mean other "
-                             "values")
+            raise ValueError(f"{self._floor_name}: the state was saved with floor {saved}, "
+                             f"this prior has {self.floor}: its raw parameters would mean "
+                             "other values")
 
     def _prior(self, values: dict[str, torch.Tensor]) -> dist.Distribution:
         # biject_to keeps every value inside its constraint, so no argument validation

@@ -359,7 +359,7 @@ def test_sprites_study_learns_the_prior_when_asked(tmp_path, monkeypatch):
                               learn_prior=True, prior_floor=2.0)
     rows = s.run_setting(s.settings(cfg)[0], cfg, common.Runtime(out_dir=tmp_path))
     assert {r["metric"] for r in rows} >= {"mcc", "val_elbo"}
-    assert s.summarize(rows)["prior"] == "learned (a, b > 2)"  # named in the figure's caption
+    assert s.summarize(rows)["prior"] == "learned (a, b >= 2)"  # named in the figure's caption
     assert built[0].learned_prior._constraints["concentration0"].lower_bound == 2.0
     a, b = sprites.default_beta_params(0)
     learned = built[0].learned_prior.values()
@@ -395,4 +395,4 @@ def test_the_rows_name_the_prior_and_its_floor():
     cfg = s.QUICK
     assert s._prior_label(cfg) == "generator"
     assert s._prior_label(dataclasses.replace(cfg, learn_prior=True)) == "learned"
-    assert s._prior_label(s.REFERENCE_SWEEP) == "learned (a, b > 2)"
+    assert s._prior_label(s.REFERENCE_SWEEP) == "learned (a, b >= 2)"

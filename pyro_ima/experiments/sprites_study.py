@@ -131,7 +131,7 @@ def _prior_label(cfg: Config) -> str:
     """The rows' ``prior``: the generator's, or learned (with its floor, if any)."""
     if not cfg.learn_prior:
         return "generator"
-    return "learned" if cfg.prior_floor is None else f"learned (a, b > {cfg.prior_floor:g})"
+    return "learned" if cfg.prior_floor is None else f"learned (a, b >= {cfg.prior_floor:g})"
 
 
 def run_setting(setting: dict, cfg: Config, rt: Runtime = Runtime()) -> list[dict]:
@@ -246,7 +246,7 @@ def summarize(rows: list[dict]) -> dict:
                 _mean_sd(best.values(), "mcc_at_best_val_elbo")
             stats_["mcc_at_best_val_elbo_seeds"] = len(best)
         by[g] = stats_
-    # the sprite's geometry and the prior ("generator", "learned" or "learned (a, b > F)");
+    # the sprite's geometry and the prior ("generator", "learned" or "learned (a, b >= F)");
     # rows cached before either was recorded have none
     geometry = next((r["geometry"] for r in rows if "geometry" in r), None)
     prior = next((r["prior"] for r in rows if "prior" in r), None)

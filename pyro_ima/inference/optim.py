@@ -143,6 +143,7 @@ class JointOptim(PyroOptim):
         saved["param_groups"] = [{**g, **flags} for g in saved["param_groups"]]
         self._joint.load_state_dict(saved)
 
+
 def Adam(optim_args: dict, *, lr_decay: float | None = None) -> JointOptim:  # noqa: N802
     """``torch.optim.Adam`` over all parameters at once (see :class:`JointOptim`), optionally
     with the learning rate multiplied by ``lr_decay`` after every epoch."""
