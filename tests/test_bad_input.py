@@ -16,7 +16,7 @@ from pyro.infer import Trace_ELBO
 
 from pyro_ima import data, inference, metrics, mixings, models, priors, sprites
 from pyro_ima.cli import main
-from pyro_ima.experiments import guide_families, run_study
+from pyro_ima.experiments import guide_families, run_study, sprites_study
 from pyro_ima.fileio import DirLock, check_out_dir
 from pyro_ima.linear_gaussian import LinearGaussian
 from pyro_ima.runs import RunConfig, load_results, load_run, train_run
@@ -153,6 +153,9 @@ CASES = {
         "guide_families", t / "gf", progress=False, config=dataclasses.replace(
             guide_families.QUICK, learned_prior_scale=1.0)), ValueError,
         "learned_prior_scale"),
+    "sprites_prior_floor_without_learn_prior": (lambda t: run_study(
+        "sprites", t / "sp", progress=False, config=dataclasses.replace(
+            sprites_study.QUICK, prior_floor=2.0)), ValueError, "prior_floor"),
     "epochs_zero": (lambda t: _fit(X, epochs=0), ValueError, "epochs"),
     "seed_count": (lambda t: _replica_fit(seed=[1, 2]), ValueError, "seed"),
     "particles_not_vectorized": (lambda t: _fit(X, batch_size=16, loss=Trace_ELBO(
