@@ -127,6 +127,18 @@ def check_floor(name: str, floor) -> float | None:
     return float(floor)
 
 
+def check_learned_prior(learn_prior, prior_floor) -> float | None:
+    """Checks a model's ``learn_prior`` / ``prior_floor`` pair (a VAE's arguments, a study's
+    config fields); returns the floor as a float or ``None``."""
+    if not isinstance(learn_prior, bool):
+        raise TypeError(f"learn_prior: expected True or False, got {learn_prior!r}")
+    prior_floor = check_floor("prior_floor", prior_floor)
+    if prior_floor is not None and not learn_prior:
+        raise ValueError("prior_floor: bounds a learned prior's parameters; pass it with "
+                         "learn_prior=True")
+    return prior_floor
+
+
 class LearnablePrior(nn.Module):
     """The parameters of a prior of independent coordinates, learned per replica.
 

@@ -160,13 +160,13 @@ def foreach_kernels(monkeypatch):
 
 @pytest.mark.parametrize("kernels", ["foreach", "fused"])
 @pytest.mark.parametrize("family,learn_prior", [("diagonal", False), ("full", True)])
-def test_dropping_stopped_replicas_changes_no_result(family, learn_prior, kernels, monkeypatch):
+def test_dropping_stopped_replicas_changes_no_result(family, learn_prior, kernels, request):
     # patience 1 and two halvings stop replicas at different epochs; replica 2 is outside
     # train_mask (as in a precision warm-up): at these sizes (activations multiples of the
     # vector width) dropping them must not change a single bit with foreach Adam, and nothing
     # beyond float rounding with fused Adam (whose scalar tail covers the output biases).
     if kernels == "foreach":
-        monkeypatch.setattr(JointOptim, "fused_kernels", False)
+        request.getfixturevalue("foreach_kernels")
 
         def same(a, b, msg):
             assert torch.equal(a, b), msg

@@ -83,11 +83,7 @@ QUICK = Config(seeds=2, n=600, epochs=4, patience=4, lr=1e-3, eval_points=100, c
 
 
 def settings(cfg: Config) -> list[dict]:
-    if not isinstance(cfg.learn_prior, bool):
-        raise TypeError(f"learn_prior: expected True or False, got {cfg.learn_prior!r}")
-    if priors.check_floor("prior_floor", cfg.prior_floor) is not None and not cfg.learn_prior:
-        raise ValueError("prior_floor: bounds a learned prior's parameters; pass it with "
-                         "learn_prior=True")
+    priors.check_learned_prior(cfg.learn_prior, cfg.prior_floor)  # before rendering anything
     return grid_settings(cfg.gamma2s, range(cfg.seeds), cfg.replicas_per_setting)
 
 

@@ -24,7 +24,7 @@ class JointOptim(PyroOptim):
     parameter is a contiguous float tensor on a CPU or CUDA device, unless ``optim_args`` names
     ``foreach``, sets ``fused`` or ``differentiable``, or ``JointOptim.fused_kernels`` is
     ``False``; otherwise multi-tensor ``foreach`` kernels where the optimizer has them (with
-    ``fused=False`` too). On a CPU the fused Adam makes a studies-sized ``fit`` step about 8%
+    ``fused=False`` too). On a CPU the fused Adam makes a studies-sized ``fit`` step about 10%
     faster (``benchmarks/bench_training_loop.py``, row 5). Fused and foreach updates agree up
     to float rounding, but a fused kernel's scalar tail rounds differently from its vector
     body, so an element's last bits can depend on where it sits in its tensor (a replica's

@@ -16,7 +16,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from .._utils import as_tensor_on, check_int, check_positive, map_tensors, replica_count, to_like
-from ..priors import LearnablePrior, check_floor
+from ..priors import LearnablePrior, check_learned_prior
 
 __all__ = ["VAE", "GaussianVAE", "BernoulliVAE", "data_plates", "unique_name",
            "squeezes_replicas"]
@@ -132,12 +132,7 @@ class VAE(nn.Module):
             raise ValueError(f"prior: expected event shape (d,), got {tuple(prior.event_shape)}; "
                              "use .to_event(1) on a batch of univariate distributions")
         check_int("obs_event_dim", obs_event_dim)
-        if not isinstance(learn_prior, bool):
-            raise TypeError(f"learn_prior: expected True or False, got {learn_prior!r}")
-        prior_floor = check_floor("prior_floor", prior_floor)
-        if prior_floor is not None and not learn_prior:
-            raise ValueError("prior_floor: bounds a learned prior's parameters; pass it with "
-                             "learn_prior=True")
+        prior_floor = check_learned_prior(learn_prior, prior_floor)
         R = replica_count(replicas)
         decoder_replicas = getattr(decoder, "replicas", None)
         if decoder_replicas is not None and decoder_replicas != R:
