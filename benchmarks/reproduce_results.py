@@ -15,6 +15,7 @@
                                                           [--sprites-init default|xavier]
                                                           [--sprites-prior true|symmetric|
                                                            learned|learned-floor]
+                                                          [--sprites-n 6000 --val-points N]
     python benchmarks/reproduce_results.py elbo-vs-lima [--out-root runs/results]
     python benchmarks/reproduce_results.py is-vs-quadrature
     python benchmarks/reproduce_results.py tau-joint [--tau-warmup 30]
@@ -168,14 +169,14 @@ def sprites_long(args) -> None:
 _SPRITES_N = 6000  # the diagnostics' Sprites set: 4,200 / 1,200 / 600 images
 
 
-def _sprites_vae(geometry: str, prior: str = "true", data_seed: int = 0, init: str = "default"):
-    """gamma2 = 1, the study's networks (seed 0), the 6,000-image set of ``geometry`` drawn
-    under ``data_seed`` (its Beta parameters and images). ``init="xavier"``: the linear layers'
+def _sprites_vae(geometry: str, prior: str = "true", data_seed: int = 0, init: str = "default",
+                 n: int = _SPRITES_N):
+    """gamma2 = 1, the study's networks (seed 0), the ``n``-image set (70/20/10 split) of
+    ``geometry`` drawn under ``data_seed`` (its Beta parameters and images). ``init="xavier"``: the linear layers'
     weights redrawn Xavier-uniform, as the official code's ``weights_init`` does (biases and
     convolutions keep PyTorch's defaults)."""
     from pyro_ima import models, priors, sprites
-    ds = sprites.sprites_dataset(sprites.SpritesConfig(n=_SPRITES_N, seed=data_seed,
-                                                       geometry=geometry))
+    ds = sprites.sprites_dataset(sprites.SpritesConfig(n=n, seed=data_seed, geometry=geometry))
     a, b = sprites.default_beta_params(data_seed)
     p0 = (priors.beta(4, a=a.tolist(), b=b.tolist()) if prior == "true"
           else priors.beta(4, a=float(a.mean()), b=float(b.mean())))
@@ -259,10 +260,14 @@ def sprites_oracle(args) -> None:
     ``--sprites-prior learned``). ``--arm`` runs one of them."""
     from pyro_ima import data, inference
     batch = args.batch_size or 64
-    n_train = data.split_sizes(_SPRITES_N, sprites.SpritesConfig().split)[0]
+    n_train, n_val, _ = data.split_sizes(args.sprites_n, sprites.SpritesConfig().split)
     if batch > n_train:
         raise SystemExit(f"--batch-size: expected at most {n_train} (the training images), got "
                          f"{batch}")
+    val_points = args.val_points or n_val
+    if val_points > n_val:
+        raise SystemExit(f"--val-points: expected at most {n_val} (the validation images), got "
+                         f"{val_points}")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     epochs = args.epochs or 30
     t0 = time.perf_counter()
@@ -270,7 +275,7 @@ def sprites_oracle(args) -> None:
             "true": ("true factors first",), "random": ("random initialization",)}[args.arm]
     for arm in arms:
         ds, vae, guide = _sprites_vae(args.geometry, args.sprites_prior, args.data_seed,
-                                      init=args.sprites_init)
+                                      init=args.sprites_init, n=args.sprites_n)
         if arm == "true factors first":
             X, Z = ds.train.x, ds.train.z
             params = [*vae.decoder.parameters(), *guide.encoder.parameters()]
@@ -287,7 +292,7 @@ def sprites_oracle(args) -> None:
                     opt.step()
             print(f"{arm}: {args.sup_epochs} supervised epochs, {time.perf_counter() - t0:.0f} s",
                   flush=True)
-        inference.fit(vae, guide, ds.train, ds.val, epochs=epochs,
+        inference.fit(vae, guide, ds.train, ds.val.x[:val_points], epochs=epochs,
                       batch_size=batch, lr=args.lr or 1e-3, seed=0,
                       callbacks=[_sprites_report(vae, guide, ds, arm, t0, epochs)])
 
@@ -532,6 +537,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-seed", type=int, default=0,
                    help="sprites-diagnostic, sprites-oracle: the data draw (Beta parameters "
                         "and images; default 0, the study's)")
+    p.add_argument("--sprites-n", type=_at_least_one, default=_SPRITES_N,
+                   help="sprites-oracle: images in all, split 70/20/10 (default 6,000)")
+    p.add_argument("--val-points", type=_at_least_one, default=None,
+                   help="sprites-oracle: validate on the first N validation images (default all)")
     p.add_argument("--init-scale", type=float, default=None,
                    help="moebius-protocol: initial encoder sd (default: the study's)")
     p.add_argument("--sprites-prior", choices=["true", "symmetric", "learned", "learned-floor"],
