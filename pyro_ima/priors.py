@@ -160,7 +160,8 @@ class LearnablePrior(nn.Module):
             this value: ``floor + exp(raw)`` (``greater_than(floor)`` in place of
             ``positive``; a value can round to the floor itself); ``None``: above 0. The
             starting values must lie above it. Saved in the ``state_dict`` (loading a state
-            saved with another floor is refused).
+            saved with another floor is refused; a state without it, saved before the floor
+            was saved, loads as one without a floor).
         floor_name: the argument name error messages give for ``floor``.
     """
 
@@ -200,6 +201,13 @@ class LearnablePrior(nn.Module):
             raise ValueError(f"{self._floor_name}: the state was saved with floor {saved}, "
                              f"this prior has {self.floor}: its raw parameters would mean "
                              "other values")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a state saved before the floor existed (no extra state) was saved without a floor
+        key = prefix + "_extra_state"
+        if key not in state_dict and any(k.startswith(prefix + "raw_") for k in state_dict):
+            state_dict[key] = {"floor": None}
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _prior(self, values: dict[str, torch.Tensor]) -> dist.Distribution:
         # biject_to keeps every value inside its constraint, so no argument validation

@@ -193,6 +193,22 @@ def test_a_floored_prior_trains_narrowed_pickles_and_saves_its_floor():
         unfloored.load_state_dict(vae.state_dict())
 
 
+def test_a_learned_prior_state_saved_before_the_floor_existed_loads_as_unfloored():
+    # states written before the floor was saved with the parameters have no extra state
+    vae, _ = _floored_pair(priors.beta(2, a=2.5, b=3.0), floor=None)
+    with torch.no_grad():
+        vae.learned_prior.raw_concentration1.add_(0.5)
+    old = {k: v for k, v in vae.state_dict().items() if not k.endswith("_extra_state")}
+    assert len(old) == len(vae.state_dict()) - 1
+    fresh, _ = _floored_pair(priors.beta(2, a=2.5, b=3.0), floor=None)
+    fresh.load_state_dict(old)  # strict: no missing key
+    assert torch.equal(fresh.learned_prior.raw_concentration1,
+                       vae.learned_prior.raw_concentration1)
+    floored, _ = _floored_pair(priors.beta(2, a=2.5, b=3.0))
+    with pytest.raises(ValueError, match="saved with floor None, this prior has 2.0"):
+        floored.load_state_dict(old)
+
+
 def test_a_box_beta_prior_trains_fixed_and_learned():
     # pyro.sample expands the prior to the plates: BoxBeta.expand keeps its box and density
     from pyro_ima import data, inference, mixings
