@@ -172,9 +172,9 @@ _SPRITES_N = 6000  # the diagnostics' Sprites set: 4,200 / 1,200 / 600 images
 def _sprites_vae(geometry: str, prior: str = "true", data_seed: int = 0, init: str = "default",
                  n: int = _SPRITES_N):
     """gamma2 = 1, the study's networks (seed 0), the ``n``-image set (70/20/10 split) of
-    ``geometry`` drawn under ``data_seed`` (its Beta parameters and images). ``init="xavier"``: the linear layers'
-    weights redrawn Xavier-uniform, as the official code's ``weights_init`` does (biases and
-    convolutions keep PyTorch's defaults)."""
+    ``geometry`` drawn under ``data_seed`` (its Beta parameters and images).
+    ``init="xavier"``: the linear layers' weights redrawn Xavier-uniform, as the official
+    code's ``weights_init`` does (biases and convolutions keep PyTorch's defaults)."""
     from pyro_ima import models, priors, sprites
     ds = sprites.sprites_dataset(sprites.SpritesConfig(n=n, seed=data_seed, geometry=geometry))
     a, b = sprites.default_beta_params(data_seed)
@@ -260,7 +260,10 @@ def sprites_oracle(args) -> None:
     ``--sprites-prior learned``). ``--arm`` runs one of them."""
     from pyro_ima import data, inference
     batch = args.batch_size or 64
-    n_train, n_val, _ = data.split_sizes(args.sprites_n, sprites.SpritesConfig().split)
+    try:
+        n_train, n_val, _ = data.split_sizes(args.sprites_n, sprites.SpritesConfig().split)
+    except ValueError as err:
+        raise SystemExit(f"--sprites-{err}") from None
     if batch > n_train:
         raise SystemExit(f"--batch-size: expected at most {n_train} (the training images), got "
                          f"{batch}")

@@ -223,6 +223,34 @@ def test_sprites_oracle_passes_its_optimizer_options_and_prints_the_correlations
     assert "--lr: expected a finite number > 0" in capsys.readouterr().err
 
 
+def test_sprites_oracle_renders_sprites_n_images_and_validates_on_val_points(
+        reproduce, monkeypatch, tmp_path):
+    import dataclasses
+
+    from pyro_ima import inference, sprites
+    real_dataset, real_fit, asked, seen = sprites.sprites_dataset, inference.fit, [], []
+
+    def dataset(cfg):
+        asked.append(cfg.n)
+        return real_dataset(dataclasses.replace(cfg, n=cfg.n // 100), cache_dir=tmp_path)
+    monkeypatch.setattr(sprites, "sprites_dataset", dataset)
+
+    def fit(vae, guide, train, val, **kwargs):
+        seen.append((len(train), len(val)))
+        return real_fit(vae, guide, train, val, **kwargs)
+    monkeypatch.setattr(inference, "fit", fit)
+    reproduce.main(["sprites-oracle", "--arm", "random", "--epochs", "1", "--batch-size", "8",
+                    "--threads", "1", "--sprites-n", "6000", "--val-points", "5"])
+    reproduce.main(["sprites-oracle", "--arm", "random", "--epochs", "1", "--batch-size", "8",
+                    "--threads", "1", "--sprites-n", "6000"])
+    assert asked == [6000, 6000] and seen == [(42, 5), (42, 12)]
+    with pytest.raises(SystemExit, match="--val-points: expected at most 12000"):
+        reproduce.main(["sprites-oracle", "--sprites-n", "60000", "--val-points", "12001"])
+    with pytest.raises(SystemExit, match="--sprites-n: 5 points split"):
+        reproduce.main(["sprites-oracle", "--sprites-n", "5"])
+    assert len(seen) == 2  # refused before any work
+
+
 def test_time_studies_script_runs_the_four_in_two_lanes_and_stops_on_a_failure(tmp_path):
     # a stand-in for pyro-ima: self_consistency fails (or not) after 0.2 s, linear_contrast
     # would run 30 s; a failure must end the script with its status and leave nothing running
