@@ -249,15 +249,16 @@ def sprites_diagnostic(args) -> None:
 
 def sprites_oracle(args) -> None:
     """Does the ELBO keep the true factors, and is their ELBO better than what training finds?
-    gamma2 = 1, the generator's prior (``--sprites-prior``: as in sprites-diagnostic), 4,200
-    training images. Arm 1: the decoder fitted to map
-    the true factors to their images and the encoder's mean to their logits (squared error,
-    Adam at 1e-3, batch 64, ``--sup-epochs`` epochs), then ``--epochs`` of ELBO training
-    (``--lr``, default 1e-3; ``--batch-size``, default 64); arm 2: the same networks from their
-    random initialization (``--sprites-init xavier``: the official code's), the same ELBO
-    training. MCC per factor and validation ELBO every 2 epochs, and after the last epoch each
-    factor's |correlation| with each latent (and a learned prior's ``(a, b)`` per latent,
-    ``--sprites-prior learned``). ``--arm`` runs one of them."""
+    gamma2 = 1, the generator's prior (``--sprites-prior``: as in sprites-diagnostic),
+    ``--sprites-n`` images in all (default 6,000: 4,200 training images; split 70/20/10),
+    validated on the first ``--val-points`` validation images (default all). Arm 1: the
+    decoder fitted to map the true factors to their images and the encoder's mean to their
+    logits (squared error, Adam at 1e-3, batch 64, ``--sup-epochs`` epochs), then ``--epochs``
+    of ELBO training (``--lr``, default 1e-3; ``--batch-size``, default 64); arm 2: the same
+    networks from their random initialization (``--sprites-init xavier``: the official
+    code's), the same ELBO training. MCC per factor and validation ELBO every 2 epochs, and
+    after the last epoch each factor's |correlation| with each latent (and a learned prior's
+    ``(a, b)`` per latent, ``--sprites-prior learned``). ``--arm`` runs one of them."""
     from pyro_ima import data, inference
     batch = args.batch_size or 64
     try:

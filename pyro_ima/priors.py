@@ -198,12 +198,14 @@ class LearnablePrior(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         saved = state.get("floor") if isinstance(state, dict) else None
         if saved != self.floor:
-            raise ValueError(f"{self._floor_name}: the state was saved with floor {saved}, "
-                             f"this prior has {self.floor}: its raw parameters would mean "
-                             "other values")
+            was = "without a floor" if saved is None else f"with floor {saved}"
+            raise ValueError(f"{self._floor_name}: the state was saved {was}, this prior has "
+                             f"{self.floor}: its raw parameters would mean other values")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # a state saved before the floor existed (no extra state) was saved without a floor
+        # a state without the extra state was saved before the floor was saved with it
+        # (6ee6cfd), so, but for states of the eleven minutes after floors came in (904ed4b),
+        # without a floor; also with strict=False, a floored prior refuses it
         key = prefix + "_extra_state"
         if key not in state_dict and any(k.startswith(prefix + "raw_") for k in state_dict):
             state_dict[key] = {"floor": None}

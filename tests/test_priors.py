@@ -205,8 +205,9 @@ def test_a_learned_prior_state_saved_before_the_floor_existed_loads_as_unfloored
     assert torch.equal(fresh.learned_prior.raw_concentration1,
                        vae.learned_prior.raw_concentration1)
     floored, _ = _floored_pair(priors.beta(2, a=2.5, b=3.0))
-    with pytest.raises(ValueError, match="saved with floor None, this prior has 2.0"):
-        floored.load_state_dict(old)
+    for strict in (True, False):  # never silently, whatever strict says
+        with pytest.raises(ValueError, match="saved without a floor, this prior has 2.0"):
+            floored.load_state_dict(old, strict=strict)
 
 
 def test_a_box_beta_prior_trains_fixed_and_learned():
