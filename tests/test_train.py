@@ -45,6 +45,30 @@ def test_two_models_in_one_process_both_learn():
     assert set(pyro.get_param_store().keys()) == store_before  # nothing leaks into the store
 
 
+def test_a_fixed_module_decoder_is_not_trained_and_a_trainable_one_is_saved_once():
+    ds = _data(n=200)
+    net = models.MLP(2, 2, (8,), seed=3)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    vae = models.GaussianVAE(net, priors.gaussian(2), 100.0, fixed_decoder=True)
+    guide = models.DiagonalGuide(vae, models.MLP(2, 4, (8,), seed=4))
+    assert not any(p is q for p in vae.parameters() for q in net.parameters())
+    assert not any("decoder" in k for k in vae.state_dict())
+    inference.fit(vae, guide, ds.train, epochs=2, batch_size=32, lr=1e-2, seed=0)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, start[k]), k  # the ground truth stays as given
+    trainable = models.GaussianVAE(models.MLP(2, 2, (8,), seed=3), priors.gaussian(2), 100.0)
+    keys = [k for k in trainable.state_dict() if "decoder" in k]
+    assert keys == [f"decoder.{k}" for k in trainable.decoder.state_dict()]
+    # a state saved while the decoder was also kept as `_decoder_source` still loads strictly
+    old = {**trainable.state_dict(),
+           **{f"_decoder_source.{k[len('decoder.'):]}": v.clone() + 1
+              for k, v in trainable.state_dict().items()}}
+    fresh = models.GaussianVAE(models.MLP(2, 2, (8,), seed=5), priors.gaussian(2), 100.0)
+    fresh.load_state_dict(old)
+    for k, v in trainable.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v)
+
+
 def test_pyro_param_store_trap_is_avoided_for_same_architecture():
     # The classic trap: a second module under an existing pyro.module name is not trained.
     ds = _data()

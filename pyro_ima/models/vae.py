@@ -147,7 +147,10 @@ class VAE(nn.Module):
         self.register_buffer("beta", _per_replica("beta", beta, R, self._like))
         self._unit_beta = bool((self.beta == 1).all())
         self.decoder_trainable = trainable
-        self._prior_source, self._decoder_source = prior, decoder
+        # plain attributes (not submodules): a fixed module decoder stays out of the
+        # parameters, and a trainable one is saved once, as `decoder`
+        object.__setattr__(self, "_decoder_source", decoder)
+        self._prior_source = prior
         if trainable:
             self.decoder = decoder
         else:  # keep a fixed decoder out of this module's parameters
@@ -192,6 +195,14 @@ class VAE(nn.Module):
         super()._apply(fn, recurse)
         self._follow_buffers()
         return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # states saved before the decoder was kept out of the submodules (2026-12-02) hold it a
+        # second time as `_decoder_source`: the same tensors as `decoder`, or a fixed
+        # decoder's, which is never loaded
+        for key in [k for k in state_dict if k.startswith(prefix + "_decoder_source.")]:
+            del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def prior(self) -> dist.Distribution:
