@@ -264,7 +264,8 @@ def sprites_oracle(args) -> None:
     try:
         n_train, n_val, _ = data.split_sizes(args.sprites_n, sprites.SpritesConfig().split)
     except ValueError as err:
-        raise SystemExit(f"--sprites-{err}") from None
+        # split_sizes names its argument "n"; here that is --sprites-n
+        raise SystemExit(f"--sprites-n: {str(err).removeprefix('n: ')}") from None
     if batch > n_train:
         raise SystemExit(f"--batch-size: expected at most {n_train} (the training images), got "
                          f"{batch}")
